@@ -1,0 +1,48 @@
+# datastorage — everything a fresh machine needs is installed by `make setup` (called by the other targets).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+RUST_VERSION := $(shell rustc --version 2>/dev/null | awk '{print $$2}')
+export DATASTORAGE_CACHE ?= $(HOME)/.cache/datastorage
+# One persistent target dir per toolchain, so CI's fresh clones reuse compiled dependencies.
+export CARGO_TARGET_DIR ?= $(DATASTORAGE_CACHE)/target-rust-$(RUST_VERSION)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help setup build release crds lint test test-unit test-faults demo demo-down bench clean-cache
+
+help:
+	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
+	@echo "make demo-down  stop everything the demo started"
+	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes"
+	@echo "make bench      benchmarks (release build) -> target/bench/results.json, docs/benchmarks.md"
+	@echo "make crds       regenerate crds/ from the Rust types"
+	@echo "make setup      install everything the other targets need (idempotent)"
+
+setup:
+	@hack/setup.sh
+
+build: setup
+	cargo build --bins
+
+release: setup
+	cargo build --release --bins
+
+crds:
+	cargo run --quiet --bin datastorage -- crd --out-dir crds
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+test: setup
+	hack/test.sh
+
+demo: setup
+	hack/demo.sh up
+
+demo-down:
+	hack/demo.sh down
+
+bench: setup
+	hack/bench.sh

@@ -1,0 +1,584 @@
+//! Validation of a `RemediationAudit` spec: every rule of the spec, all failures reported together.
+//!
+//! Pure: the caller passes the current time. Lengths are counted in bytes (what PostgreSQL stores), which is why
+//! these rules live here and not in the CRD's OpenAPI schema (whose `maxLength` counts characters).
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Duration, Utc};
+use regex::Regex;
+use serde::Serialize;
+
+use super::sanitize::contains_markup;
+use crate::crd::RemediationAuditSpec;
+
+/// Why a field was rejected; the label values of `datastorage_validation_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Required,
+    Invalid,
+    LengthExceeded,
+    XssDetected,
+    Duplicate,
+    TooLarge,
+    TimeOrder,
+    FutureTime,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Required,
+        Reason::Invalid,
+        Reason::LengthExceeded,
+        Reason::XssDetected,
+        Reason::Duplicate,
+        Reason::TooLarge,
+        Reason::TimeOrder,
+        Reason::FutureTime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Required => "required",
+            Reason::Invalid => "invalid",
+            Reason::LengthExceeded => "length_exceeded",
+            Reason::XssDetected => "xss_detected",
+            Reason::Duplicate => "duplicate",
+            Reason::TooLarge => "too_large",
+            Reason::TimeOrder => "time_order",
+            Reason::FutureTime => "future_time",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One broken rule. `field` is the spec field's JSON name (a bounded set, used as a metric label); `message`
+/// says what is wrong in words, including any nested path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spec.{}: {} ({})", self.field, self.message, self.reason)
+    }
+}
+
+/// The field names that can appear in `FieldError::field` (plus `spec` for objects that do not parse).
+pub const FIELDS: [&str; 15] = [
+    "spec",
+    "remediationRequestId",
+    "alertFingerprint",
+    "alertName",
+    "phase",
+    "outcome",
+    "actionType",
+    "severity",
+    "environment",
+    "clusterName",
+    "targetResource",
+    "startTime",
+    "endTime",
+    "errorMessage",
+    "details",
+];
+
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 8192;
+pub const MAX_DETAILS_BYTES: usize = 64 * 1024;
+pub const MAX_DETAILS_DEPTH: usize = 32;
+/// How far in the future a start time may lie (clock skew between the remediating system and the cluster).
+pub const MAX_FUTURE: Duration = Duration::hours(1);
+
+static ACTION_TYPE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$").ok());
+
+/// The spec's times, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Times {
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+/// Checks every rule of a spec. On success returns the parsed times; on failure every broken rule.
+pub fn validate(spec: &RemediationAuditSpec, now: DateTime<Utc>) -> Result<Times, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let required =
+        |e: &mut Vec<FieldError>, field: &str, value: &str, max: usize, identifier: bool| {
+            check_text(e, field, Some(value), true, max, identifier)
+        };
+    required(
+        &mut errors,
+        "remediationRequestId",
+        &spec.remediation_request_id,
+        255,
+        true,
+    );
+    required(
+        &mut errors,
+        "alertFingerprint",
+        &spec.alert_fingerprint,
+        255,
+        true,
+    );
+    check_text(
+        &mut errors,
+        "alertName",
+        spec.alert_name.as_deref(),
+        false,
+        255,
+        true,
+    );
+    required(&mut errors, "actionType", &spec.action_type, 100, true);
+    if !spec.action_type.is_empty()
+        && spec.action_type.len() <= 100
+        && !ACTION_TYPE
+            .as_ref()
+            .is_some_and(|re| re.is_match(&spec.action_type))
+        && !errors.iter().any(|e| e.field == "actionType")
+    {
+        errors.push(FieldError::new(
+            "actionType",
+            Reason::Invalid,
+            "must be lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit \
+             (e.g. restart-pod)",
+        ));
+    }
+    required(&mut errors, "severity", &spec.severity, 50, true);
+    required(&mut errors, "environment", &spec.environment, 50, true);
+    required(&mut errors, "clusterName", &spec.cluster_name, 255, true);
+    required(
+        &mut errors,
+        "targetResource",
+        &spec.target_resource,
+        512,
+        true,
+    );
+    check_text(
+        &mut errors,
+        "errorMessage",
+        spec.error_message.as_deref(),
+        false,
+        MAX_ERROR_MESSAGE_BYTES,
+        false,
+    );
+    if let Some(details) = &spec.details {
+        check_details(&mut errors, details);
+    }
+    let times = check_times(&mut errors, &spec.start_time, spec.end_time.as_deref(), now);
+    match times {
+        Some(times) if errors.is_empty() => Ok(times),
+        _ => Err(errors),
+    }
+}
+
+fn check_text(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<&str>,
+    required: bool,
+    max_bytes: usize,
+    identifier: bool,
+) {
+    let Some(value) = value else {
+        if required {
+            errors.push(FieldError::new(field, Reason::Required, "is required"));
+        }
+        return;
+    };
+    if value.trim().is_empty() {
+        if required {
+            errors.push(FieldError::new(
+                field,
+                Reason::Required,
+                "is required and must not be blank",
+            ));
+        }
+        return;
+    }
+    if value.len() > max_bytes {
+        errors.push(FieldError::new(
+            field,
+            Reason::LengthExceeded,
+            format!(
+                "is {} bytes long; the limit is {max_bytes} bytes",
+                value.len()
+            ),
+        ));
+        return;
+    }
+    if value.contains('\0') {
+        errors.push(FieldError::new(
+            field,
+            Reason::Invalid,
+            "contains a NUL character, which PostgreSQL cannot store",
+        ));
+        return;
+    }
+    if identifier {
+        if value.chars().any(|c| c.is_control()) {
+            errors.push(FieldError::new(
+                field,
+                Reason::Invalid,
+                "contains control characters",
+            ));
+        } else if contains_markup(value) {
+            errors.push(FieldError::new(
+                field,
+                Reason::XssDetected,
+                "contains markup (HTML tags, javascript: URLs or event handlers), which identifiers never do",
+            ));
+        }
+    }
+}
+
+fn check_details(
+    errors: &mut Vec<FieldError>,
+    details: &serde_json::Map<String, serde_json::Value>,
+) {
+    // Depth and NUL characters first: both must be known before the size is meaningful.
+    let mut stack: Vec<(&serde_json::Value, usize, String)> = details
+        .iter()
+        .map(|(k, v)| (v, 1usize, format!("details.{k}")))
+        .collect();
+    for key in details.keys() {
+        if key.contains('\0') {
+            errors.push(FieldError::new(
+                "details",
+                Reason::Invalid,
+                "a key contains a NUL character",
+            ));
+            return;
+        }
+    }
+    while let Some((value, depth, path)) = stack.pop() {
+        if depth > MAX_DETAILS_DEPTH {
+            errors.push(FieldError::new(
+                "details",
+                Reason::TooLarge,
+                format!("is nested deeper than {MAX_DETAILS_DEPTH} levels (at {path})"),
+            ));
+            return;
+        }
+        match value {
+            serde_json::Value::String(s) if s.contains('\0') => {
+                errors.push(FieldError::new(
+                    "details",
+                    Reason::Invalid,
+                    format!("{path} contains a NUL character, which PostgreSQL cannot store"),
+                ));
+                return;
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    stack.push((item, depth + 1, format!("{path}[{i}]")));
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k.contains('\0') {
+                        errors.push(FieldError::new(
+                            "details",
+                            Reason::Invalid,
+                            format!("a key under {path} contains a NUL character"),
+                        ));
+                        return;
+                    }
+                    stack.push((v, depth + 1, format!("{path}.{k}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    match serde_json::to_vec(details) {
+        Ok(bytes) if bytes.len() > MAX_DETAILS_BYTES => errors.push(FieldError::new(
+            "details",
+            Reason::TooLarge,
+            format!(
+                "is {} bytes serialized; the limit is {MAX_DETAILS_BYTES} bytes",
+                bytes.len()
+            ),
+        )),
+        Ok(_) => {}
+        Err(e) => errors.push(FieldError::new(
+            "details",
+            Reason::Invalid,
+            format!("cannot be serialized: {e}"),
+        )),
+    }
+}
+
+fn parse_time(errors: &mut Vec<FieldError>, field: &str, value: &str) -> Option<DateTime<Utc>> {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(field, Reason::Required, "is required"));
+        return None;
+    }
+    match DateTime::parse_from_rfc3339(value) {
+        Ok(t) => Some(t.with_timezone(&Utc)),
+        Err(e) => {
+            errors.push(FieldError::new(
+                field,
+                Reason::Invalid,
+                format!("is not an RFC 3339 time like 2026-01-02T15:04:05Z ({e})"),
+            ));
+            None
+        }
+    }
+}
+
+fn check_times(
+    errors: &mut Vec<FieldError>,
+    start: &str,
+    end: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Times> {
+    let start_t = parse_time(errors, "startTime", start);
+    let end_t = match end {
+        Some(e) if !e.trim().is_empty() => Some(parse_time(errors, "endTime", e)),
+        _ => None,
+    };
+    let start_t = start_t?;
+    let limit = now + MAX_FUTURE;
+    if start_t > limit {
+        errors.push(FieldError::new(
+            "startTime",
+            Reason::FutureTime,
+            format!(
+                "{} is more than one hour in the future",
+                start_t.to_rfc3339()
+            ),
+        ));
+    }
+    let end_t = match end_t {
+        None => None,
+        Some(None) => return None,
+        Some(Some(e)) => Some(e),
+    };
+    if let Some(e) = end_t {
+        if e < start_t {
+            errors.push(FieldError::new(
+                "endTime",
+                Reason::TimeOrder,
+                format!(
+                    "{} is before startTime {}",
+                    e.to_rfc3339(),
+                    start_t.to_rfc3339()
+                ),
+            ));
+        } else if e > limit {
+            errors.push(FieldError::new(
+                "endTime",
+                Reason::FutureTime,
+                format!("{} is more than one hour in the future", e.to_rfc3339()),
+            ));
+        }
+    }
+    Some(Times {
+        start: start_t,
+        end: end_t,
+        duration_ms: end_t.map(|e| (e - start_t).num_milliseconds()),
+    })
+}
+
+/// One line naming every field and rule, for the CR's `status.message`.
+pub fn summarize(errors: &[FieldError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("rejected: {}", parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AuditOutcome, AuditPhase};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    pub(crate) fn spec() -> RemediationAuditSpec {
+        RemediationAuditSpec {
+            remediation_request_id: "rr-2026-0001".into(),
+            alert_fingerprint: "a1b2c3d4".into(),
+            alert_name: Some("KubePodOOMKilled".into()),
+            phase: AuditPhase::Completed,
+            outcome: AuditOutcome::Success,
+            action_type: "restart-pod".into(),
+            severity: "critical".into(),
+            environment: "production".into(),
+            cluster_name: "prod-eu-1".into(),
+            target_resource: "apps/v1/Deployment/payments/api".into(),
+            start_time: "2026-03-01T11:58:00Z".into(),
+            end_time: Some("2026-03-01T11:58:30.250Z".into()),
+            error_message: None,
+            details: None,
+        }
+    }
+
+    fn reasons(spec: &RemediationAuditSpec) -> Vec<(String, Reason)> {
+        match validate(spec, now()) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|e| (e.field, e.reason)).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_spec_passes_and_derives_duration() {
+        let t = validate(&spec(), now()).unwrap();
+        assert_eq!(t.duration_ms, Some(30_250));
+    }
+
+    #[test]
+    fn required_fields() {
+        let mut s = spec();
+        s.remediation_request_id = String::new();
+        s.severity = "   ".into();
+        s.start_time = String::new();
+        assert_eq!(
+            reasons(&s),
+            vec![
+                ("remediationRequestId".into(), Reason::Required),
+                ("severity".into(), Reason::Required),
+                ("startTime".into(), Reason::Required),
+            ]
+        );
+    }
+
+    #[test]
+    fn lengths_are_bytes() {
+        let mut s = spec();
+        // 128 two-byte characters = 256 bytes > 255, although only 128 characters.
+        s.remediation_request_id = "é".repeat(128);
+        assert_eq!(
+            reasons(&s),
+            vec![("remediationRequestId".into(), Reason::LengthExceeded)]
+        );
+        s.remediation_request_id = "a".repeat(255);
+        assert_eq!(reasons(&s), vec![]);
+        s.error_message = Some("x".repeat(MAX_ERROR_MESSAGE_BYTES + 1));
+        assert_eq!(
+            reasons(&s),
+            vec![("errorMessage".into(), Reason::LengthExceeded)]
+        );
+        s.error_message = Some("x".repeat(MAX_ERROR_MESSAGE_BYTES));
+        assert_eq!(reasons(&s), vec![]);
+        s.target_resource = "t".repeat(513);
+        assert_eq!(
+            reasons(&s),
+            vec![("targetResource".into(), Reason::LengthExceeded)]
+        );
+    }
+
+    #[test]
+    fn action_type_pattern() {
+        for ok in ["restart-pod", "a", "scale.deployment_v2", "drain-node-1"] {
+            let mut s = spec();
+            s.action_type = ok.into();
+            assert_eq!(reasons(&s), vec![], "{ok}");
+        }
+        for bad in [
+            "Restart-Pod",
+            "-restart",
+            "restart-",
+            "restart pod",
+            "restart/pod",
+        ] {
+            let mut s = spec();
+            s.action_type = bad.into();
+            assert_eq!(
+                reasons(&s),
+                vec![("actionType".into(), Reason::Invalid)],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn markup_in_identifiers_is_xss() {
+        let mut s = spec();
+        s.cluster_name = "<script>alert(1)</script>".into();
+        s.alert_name = Some("x\" onmouseover=alert(1)".into());
+        assert_eq!(
+            reasons(&s),
+            vec![
+                ("alertName".into(), Reason::XssDetected),
+                ("clusterName".into(), Reason::XssDetected)
+            ]
+        );
+    }
+
+    #[test]
+    fn times() {
+        let mut s = spec();
+        s.start_time = "yesterday".into();
+        assert_eq!(reasons(&s), vec![("startTime".into(), Reason::Invalid)]);
+        let mut s = spec();
+        s.end_time = Some("2026-03-01T11:00:00Z".into());
+        assert_eq!(reasons(&s), vec![("endTime".into(), Reason::TimeOrder)]);
+        let mut s = spec();
+        s.start_time = "2026-03-01T13:00:01Z".into();
+        s.end_time = None;
+        assert_eq!(reasons(&s), vec![("startTime".into(), Reason::FutureTime)]);
+        s.start_time = "2026-03-01T13:00:00Z".into();
+        assert_eq!(reasons(&s), vec![]);
+        // Offsets are understood.
+        s.start_time = "2026-03-01T13:30:00+01:00".into();
+        assert_eq!(reasons(&s), vec![]);
+    }
+
+    #[test]
+    fn details_limits() {
+        let mut s = spec();
+        let mut v = serde_json::json!("leaf");
+        for _ in 0..40 {
+            v = serde_json::json!({ "n": v });
+        }
+        s.details = Some(serde_json::Map::from_iter([("deep".to_string(), v)]));
+        assert_eq!(reasons(&s), vec![("details".into(), Reason::TooLarge)]);
+        s.details = Some(serde_json::Map::from_iter([(
+            "big".to_string(),
+            serde_json::json!("x".repeat(MAX_DETAILS_BYTES)),
+        )]));
+        assert_eq!(reasons(&s), vec![("details".into(), Reason::TooLarge)]);
+        s.details = Some(serde_json::Map::from_iter([(
+            "nul".to_string(),
+            serde_json::json!(["ok", "bad\u{0}"]),
+        )]));
+        assert_eq!(reasons(&s), vec![("details".into(), Reason::Invalid)]);
+    }
+
+    #[test]
+    fn all_failures_reported_together_and_summarized() {
+        let mut s = spec();
+        s.action_type = "BAD".into();
+        s.environment = String::new();
+        s.end_time = Some("2026-02-01T00:00:00Z".into());
+        let errors = validate(&s, now()).unwrap_err();
+        assert_eq!(errors.len(), 3);
+        let msg = summarize(&errors);
+        assert!(msg.contains("spec.actionType"), "{msg}");
+        assert!(msg.contains("spec.environment"), "{msg}");
+        assert!(msg.contains("time_order"), "{msg}");
+    }
+}

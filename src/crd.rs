@@ -1,0 +1,653 @@
+//! The two custom resources, `RemediationAudit` and `DataStorage` (group `datastorage.kubernaut.ai`, `v1alpha1`).
+//!
+//! The doc comments on every field become the CRD's OpenAPI descriptions, so `kubectl explain remediationaudit.spec`
+//! reads like a manual. Schema rules enforced here by the API server are the structural ones (types, required
+//! fields, enums); content rules that count bytes or compare fields (lengths, patterns, time order, secrets, markup,
+//! duplicates) are checked by the operator's validator, which reports every failure on the resource's status.
+
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// API group of both resources.
+pub const GROUP: &str = "datastorage.kubernaut.ai";
+/// API version of both resources.
+pub const VERSION: &str = "v1alpha1";
+
+// ---------------------------------------------------------------------------------------------------------------
+// RemediationAudit
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One automated remediation action (for example "restarted pod after OOMKilled"), to be stored durably.
+///
+/// The resource's namespace is the audit's namespace and its name is the audit's name. The operator validates and
+/// sanitizes the spec, writes it to PostgreSQL with an immutable, hash-chained history, and reports the result in
+/// `status`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "datastorage.kubernaut.ai",
+    version = "v1alpha1",
+    kind = "RemediationAudit",
+    doc = "A record of one automated remediation action, stored durably and searchably by the datastorage operator.",
+    plural = "remediationaudits",
+    singular = "remediationaudit",
+    namespaced,
+    status = "RemediationAuditStatus",
+    shortname = "raudit",
+    category = "kubernaut",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".spec.phase"}"#,
+    printcolumn = r#"{"name":"Outcome","type":"string","jsonPath":".spec.outcome"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Embedded","type":"string","jsonPath":".status.embedding"}"#,
+    printcolumn = r#"{"name":"Audit-ID","type":"integer","jsonPath":".status.auditId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationAuditSpec {
+    /// Identifier of the remediation request that produced this action (1–255 bytes). Unique in the store: a
+    /// second RemediationAudit with the same id is rejected as `duplicate`.
+    pub remediation_request_id: String,
+    /// Fingerprint of the alert that triggered the remediation (at most 255 bytes).
+    pub alert_fingerprint: String,
+    /// Name of the alert that triggered the remediation, e.g. `KubePodCrashLooping` (at most 255 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_name: Option<String>,
+    /// Lifecycle phase of the remediation.
+    pub phase: AuditPhase,
+    /// Result of the remediation.
+    pub outcome: AuditOutcome,
+    /// What was done, lowercase, e.g. `restart-pod`, `scale-deployment`, `drain-node` (at most 100 bytes, matching
+    /// `[a-z0-9]([a-z0-9._-]*[a-z0-9])?`).
+    pub action_type: String,
+    /// Severity of the triggering alert, e.g. `critical`, `warning` (at most 50 bytes).
+    pub severity: String,
+    /// Environment the action ran in, e.g. `production` (at most 50 bytes).
+    pub environment: String,
+    /// Name of the cluster the action ran in (at most 255 bytes).
+    pub cluster_name: String,
+    /// The object acted on, as `group/version/Kind/namespace/name`, e.g. `apps/v1/Deployment/payments/api`
+    /// (at most 512 bytes).
+    pub target_resource: String,
+    /// When the remediation started (RFC 3339); not more than one hour in the future.
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: String,
+    /// When the remediation ended (RFC 3339), not before `startTime`. The duration is derived and stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub end_time: Option<String>,
+    /// Error output of a failed remediation, free text (at most 8192 bytes). Secrets are redacted and active
+    /// markup (scripts, event handlers) removed before storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// Free-form structured context (at most 64 KiB serialized). Every string in it is sanitized like
+    /// `errorMessage`; values under secret-looking keys (password, token, …) are redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Lifecycle phase of a remediation.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AuditPhase {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+/// Result of a remediation.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AuditOutcome {
+    Success,
+    Failure,
+    Pending,
+    Running,
+    Unknown,
+}
+
+impl AuditPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Processing => "Processing",
+            Self::Completed => "Completed",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "Success",
+            Self::Failure => "Failure",
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// What the operator has done with a RemediationAudit, written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationAuditStatus {
+    /// `Pending` (not processed yet), `Persisted` (stored durably), `Rejected` (invalid; fix the spec) or
+    /// `Retrying` (the database is unavailable; the operator keeps trying and nothing is lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AuditState>,
+    /// Id of the stored audit in the query API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<i64>,
+    /// sha256 of the canonical sanitized record of the observed generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    /// Hash linking this generation's history entry to the previous one (sha256 of previous chain hash and
+    /// content hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_hash: Option<String>,
+    /// Whether the audit's semantic-search vector is stored: `Stored`, `Pending` (will be filled in by the
+    /// backfill), `Unavailable` or `Disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingState>,
+    /// When the observed generation was stored (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted_at: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Human-readable summary; for rejections it names each field and the rule it broke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Validated`, `Persisted` and `Embedded` conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// State of a RemediationAudit in the store.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AuditState {
+    Pending,
+    Persisted,
+    Rejected,
+    Retrying,
+}
+
+/// State of an audit's embedding vector.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EmbeddingState {
+    Stored,
+    Pending,
+    Unavailable,
+    Disabled,
+}
+
+impl AuditState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Persisted => "Persisted",
+            Self::Rejected => "Rejected",
+            Self::Retrying => "Retrying",
+        }
+    }
+}
+
+impl EmbeddingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "Stored",
+            Self::Pending => "Pending",
+            Self::Unavailable => "Unavailable",
+            Self::Disabled => "Disabled",
+        }
+    }
+}
+
+/// A standard Kubernetes condition (the shape of `metav1.Condition`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition, e.g. `Validated`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable CamelCase reason.
+    pub reason: String,
+    /// Human-readable details.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339); kept as is while the status stays the same.
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: String,
+    /// The generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// DataStorage
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Configuration of the audit store: database, schema, vector index, embeddings, sanitization and retention.
+/// Cluster-scoped; the operator serves the one named by its `--datastorage` flag (default `default`).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "datastorage.kubernaut.ai",
+    version = "v1alpha1",
+    kind = "DataStorage",
+    doc = "Configuration and observed state of the datastorage audit store (cluster-scoped).",
+    plural = "datastorages",
+    singular = "datastorage",
+    status = "DataStorageStatus",
+    shortname = "dstore",
+    category = "kubernaut",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"PostgreSQL","type":"string","jsonPath":".status.postgresVersion"}"#,
+    printcolumn = r#"{"name":"pgvector","type":"string","jsonPath":".status.pgvectorVersion"}"#,
+    printcolumn = r#"{"name":"Schema","type":"integer","jsonPath":".status.schemaVersion"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStorageSpec {
+    /// How to reach PostgreSQL.
+    pub database: DatabaseSpec,
+    /// PostgreSQL schema that holds the store's tables (a plain identifier, default `datastorage`).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The HNSW vector index used by semantic search.
+    #[serde(default)]
+    pub vector_index: VectorIndexSpec,
+    /// How embedding vectors are computed and cached.
+    #[serde(default)]
+    pub embedding: EmbeddingSpec,
+    /// How free text is cleaned before storage.
+    #[serde(default)]
+    pub sanitization: SanitizationSpec,
+    /// How long history is kept.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+    /// Minimum versions of PostgreSQL and pgvector; the operator does not write while they are not met.
+    #[serde(default)]
+    pub requirements: RequirementsSpec,
+}
+
+fn default_schema() -> String {
+    "datastorage".to_string()
+}
+
+/// Connection settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Secret key holding the connection URL, e.g. `postgres://user:password@host:5432/db`.
+    pub url_secret_ref: SecretKeyRef,
+    /// Maximum connections per operator replica.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: i32,
+    /// TLS to PostgreSQL: `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
+    #[serde(default)]
+    pub tls_mode: TlsMode,
+}
+
+fn default_pool_size() -> i32 {
+    10
+}
+
+/// A key in a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Key in the Secret's data.
+    pub key: String,
+}
+
+/// TLS mode towards PostgreSQL (libpq's `sslmode`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// HNSW index parameters.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VectorIndexSpec {
+    /// Vector dimensions; must match the embedding model (384 for all-MiniLM-L6-v2).
+    #[serde(default = "default_dimensions")]
+    pub dimensions: i32,
+    /// Distance metric: `cosine`, `l2` or `innerProduct`.
+    #[serde(default)]
+    pub metric: VectorMetric,
+    /// HNSW `m`: links per node (2–100).
+    #[serde(default = "default_m")]
+    pub m: i32,
+    /// HNSW `ef_construction`: candidate list size while building (at least 2 × m).
+    #[serde(default = "default_ef_construction")]
+    pub ef_construction: i32,
+    /// HNSW `ef_search`: candidate list size per query, applied with `SET LOCAL` in each search.
+    #[serde(default = "default_ef_search")]
+    pub ef_search: i32,
+    /// Element type of stored vectors: `vector` (float32) or `halfvec` (float16, half the size).
+    #[serde(default)]
+    pub element_type: VectorElementType,
+}
+
+impl Default for VectorIndexSpec {
+    fn default() -> Self {
+        Self {
+            dimensions: default_dimensions(),
+            metric: VectorMetric::default(),
+            m: default_m(),
+            ef_construction: default_ef_construction(),
+            ef_search: default_ef_search(),
+            element_type: VectorElementType::default(),
+        }
+    }
+}
+
+fn default_dimensions() -> i32 {
+    384
+}
+fn default_m() -> i32 {
+    16
+}
+fn default_ef_construction() -> i32 {
+    64
+}
+fn default_ef_search() -> i32 {
+    40
+}
+
+/// Distance metric of the vector index.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum VectorMetric {
+    #[default]
+    Cosine,
+    L2,
+    InnerProduct,
+}
+
+/// Element type of stored vectors.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum VectorElementType {
+    #[default]
+    Vector,
+    Halfvec,
+}
+
+/// Embedding provider settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingSpec {
+    /// `Local` (in-process all-MiniLM-L6-v2), `OpenAI` (an OpenAI-compatible HTTP endpoint), `Hash` (lexical,
+    /// not semantic; for environments without a model) or `Disabled`.
+    #[serde(default)]
+    pub provider: EmbeddingProvider,
+    /// Directory with `model.safetensors`, `tokenizer.json` and `config.json` (Local); defaults to the model
+    /// baked into the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<String>,
+    /// Base URL of the OpenAI-compatible endpoint (OpenAI); `/v1/embeddings` is appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Model name sent to the endpoint (OpenAI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Secret key holding the API key (OpenAI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Most texts embedded in one batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: i32,
+    /// Time budget for one embedding inside a write, as a duration (`250ms`, `2s`); past it the audit is stored
+    /// without its vector and the backfill adds it later.
+    #[serde(default = "default_embed_timeout")]
+    pub timeout: String,
+    /// Embedding cache.
+    #[serde(default)]
+    pub cache: EmbeddingCacheSpec,
+}
+
+impl Default for EmbeddingSpec {
+    fn default() -> Self {
+        Self {
+            provider: EmbeddingProvider::default(),
+            model_path: None,
+            endpoint: None,
+            model: None,
+            api_key_secret_ref: None,
+            batch_size: default_batch_size(),
+            timeout: default_embed_timeout(),
+            cache: EmbeddingCacheSpec::default(),
+        }
+    }
+}
+
+fn default_batch_size() -> i32 {
+    32
+}
+fn default_embed_timeout() -> String {
+    "200ms".to_string()
+}
+
+/// Embedding provider.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EmbeddingProvider {
+    #[default]
+    Local,
+    OpenAI,
+    Hash,
+    Disabled,
+}
+
+/// Content-addressed embedding cache (key: sha256 of model id and text).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingCacheSpec {
+    /// Entries kept in each replica's memory.
+    #[serde(default = "default_memory_entries")]
+    pub memory_entries: i64,
+    /// How long an entry lives, as a duration (`24h`).
+    #[serde(default = "default_cache_ttl")]
+    pub ttl: String,
+    /// Secret key holding a Redis URL for a cache shared by all replicas (optional; without it the cache is
+    /// per replica). Redis being down never fails a write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url_secret_ref: Option<SecretKeyRef>,
+}
+
+impl Default for EmbeddingCacheSpec {
+    fn default() -> Self {
+        Self {
+            memory_entries: default_memory_entries(),
+            ttl: default_cache_ttl(),
+            redis_url_secret_ref: None,
+        }
+    }
+}
+
+fn default_memory_entries() -> i64 {
+    10_000
+}
+fn default_cache_ttl() -> String {
+    "24h".to_string()
+}
+
+/// Sanitization settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SanitizationSpec {
+    /// Replace secrets (passwords, tokens, keys, credentials in URLs, PEM blocks, …) with `[REDACTED:<kind>]`.
+    #[serde(default = "default_true")]
+    pub redact_secrets: bool,
+    /// Active markup in free text: `Strip` removes scripts, iframes, objects, `javascript:` URLs and event
+    /// handlers; `Reject` rejects the audit instead.
+    #[serde(default)]
+    pub html: HtmlPolicySpec,
+}
+
+impl Default for SanitizationSpec {
+    fn default() -> Self {
+        Self {
+            redact_secrets: true,
+            html: HtmlPolicySpec::default(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What to do with active markup in free text.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HtmlPolicySpec {
+    #[default]
+    Strip,
+    Reject,
+}
+
+/// Retention settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Days of history kept; older monthly partitions are dropped (legal-hold namespaces excepted).
+    #[serde(default = "default_retention_days")]
+    pub days: i32,
+    /// Monthly history partitions created ahead of time.
+    #[serde(default = "default_partitions_ahead")]
+    pub partitions_ahead: i32,
+    /// Namespaces whose audits are never purged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legal_hold: Vec<String>,
+    /// Delete a RemediationAudit this long (`1h`, `30m`) after it was persisted, to keep etcd small; the record
+    /// stays in PostgreSQL. Unset: keep the resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cr_ttl_after_persisted: Option<String>,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        Self {
+            days: default_retention_days(),
+            partitions_ahead: default_partitions_ahead(),
+            legal_hold: Vec::new(),
+            cr_ttl_after_persisted: None,
+        }
+    }
+}
+
+fn default_retention_days() -> i32 {
+    2555
+}
+fn default_partitions_ahead() -> i32 {
+    3
+}
+
+/// Minimum supported versions.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequirementsSpec {
+    /// Minimum PostgreSQL major version.
+    #[serde(default = "default_min_postgres")]
+    pub min_postgres_major: i32,
+    /// Minimum pgvector version.
+    #[serde(default = "default_min_pgvector")]
+    pub min_pgvector: String,
+}
+
+impl Default for RequirementsSpec {
+    fn default() -> Self {
+        Self {
+            min_postgres_major: default_min_postgres(),
+            min_pgvector: default_min_pgvector(),
+        }
+    }
+}
+
+fn default_min_postgres() -> i32 {
+    16
+}
+fn default_min_pgvector() -> String {
+    "0.5.1".to_string()
+}
+
+/// Observed state of the store.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStorageStatus {
+    /// `Progressing`, `Ready`, `Degraded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StorePhase>,
+    /// Version reported by PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<String>,
+    /// Installed pgvector version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgvector_version: Option<String>,
+    /// Latest applied schema migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `DatabaseReachable`, `VersionsSupported`, `SchemaReady`, `IndexReady`, `MemoryAdequate`, `EmbeddingReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Summary state of the store.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StorePhase {
+    Progressing,
+    Ready,
+    Degraded,
+    Failed,
+}
+
+fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// Every CRD this operator serves, as `(file name under crds/, YAML document)`.
+pub fn crd_documents() -> Result<Vec<(&'static str, String)>, serde_saphyr::ser::Error> {
+    use kube::CustomResourceExt;
+    Ok(vec![
+        (
+            "remediationaudits.datastorage.kubernaut.ai.yaml",
+            serde_saphyr::to_string(&RemediationAudit::crd())?,
+        ),
+        (
+            "datastorages.datastorage.kubernaut.ai.yaml",
+            serde_saphyr::to_string(&DataStorage::crd())?,
+        ),
+    ])
+}
+
+/// The YAML of every CRD as one multi-document stream (what `datastorage crd` prints).
+pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = String::new();
+    for (_, doc) in crd_documents()? {
+        out.push_str("---\n");
+        out.push_str(&doc);
+    }
+    Ok(out)
+}

@@ -1,0 +1,507 @@
+//! PostgreSQL: the schema (sqlx migrations), the write transaction of one audit generation, deletion marks and
+//! hash-chain verification. Every statement is parameterized; the only dynamic SQL is DDL built from a
+//! [`SchemaName`], which is validated to be a plain identifier.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::audit::Prepared;
+use crate::audit::record::{self, ChainCheck, HistoryEntry};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "invalid schema name {0:?}: use lowercase letters, digits and '_', starting with a letter or '_' (at most 63)"
+    )]
+    InvalidSchema(String),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the pgvector extension is not installed in this database and could not be created ({0}); \
+         ask a superuser to run CREATE EXTENSION vector"
+    )]
+    NoVector(String),
+    #[error("invalid uid {0:?}")]
+    InvalidUid(String),
+    #[error("embedding has {got} dimensions, the store expects {expected}")]
+    Dimensions { got: usize, expected: usize },
+}
+
+impl StoreError {
+    /// Short, bounded label for metrics (`datastorage_write_total{status}` etc.).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::InvalidSchema(_) | StoreError::InvalidUrl(_) => "config",
+            StoreError::Database(sqlx::Error::PoolTimedOut) => "pool_timeout",
+            StoreError::Database(sqlx::Error::Io(_))
+            | StoreError::Database(sqlx::Error::PoolClosed) => "connection",
+            StoreError::Database(_) => "postgres",
+            StoreError::Migrate(_) => "migrate",
+            StoreError::NoVector(_) => "extension",
+            StoreError::InvalidUid(_) | StoreError::Dimensions { .. } => "invalid",
+        }
+    }
+}
+
+/// A validated PostgreSQL schema name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.starts_with("pg_");
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(StoreError::InvalidSchema(s.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    pub schema: SchemaName,
+    pub pool_size: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(url: &str, schema: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            url: url.to_string(),
+            schema: SchemaName::parse(schema)?,
+            pool_size: 10,
+            acquire_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// The vector to store with an audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRow {
+    pub model_id: String,
+    pub vector: Vec<f32>,
+}
+
+/// One generation of one audit to write.
+#[derive(Debug, Clone)]
+pub struct AuditWrite<'a> {
+    pub prepared: &'a Prepared,
+    pub embedding: Option<EmbeddingRow>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// A new generation was stored (history row appended).
+    Stored(StoredAudit),
+    /// This generation (or a newer one) was already stored: nothing changed.
+    Unchanged(StoredAudit),
+    /// Another object already holds this remediationRequestId.
+    Duplicate { namespace: String, name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAudit {
+    pub audit_id: i64,
+    pub generation: i64,
+    pub content_hash: String,
+    pub chain_hash: String,
+    pub persisted_at: DateTime<Utc>,
+    /// Whether a vector for the current text and model is stored.
+    pub embedding_stored: bool,
+}
+
+/// The audit store.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    schema: SchemaName,
+}
+
+impl Store {
+    /// Connects lazily (the pool opens connections on demand, so a database that is down does not fail start-up).
+    pub fn connect_lazy(config: &StoreConfig) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(&config.url)
+            .map_err(|e| StoreError::InvalidUrl(redact_url_error(&e.to_string())))?
+            .options([("search_path", format!("{},public", config.schema.as_str()))])
+            .application_name("datastorage");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            schema: config.schema.clone(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Creates the `vector` extension (if allowed and missing) and the schema, then applies every migration.
+    /// Idempotent; concurrent runs are serialized by sqlx's advisory lock. Returns the latest applied version.
+    pub async fn migrate(&self) -> Result<i64, StoreError> {
+        let has_vector: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !has_vector {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StoreError::NoVector(e.to_string()))?;
+        }
+        // Identifier validated by SchemaName::parse: lowercase ASCII, digits and '_' only.
+        let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema.as_str());
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&self.pool)
+            .await?;
+        MIGRATOR.run(&self.pool).await?;
+        self.schema_version().await
+    }
+
+    /// Latest successfully applied migration version (0 when none).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Writes one generation of one audit in one transaction: lock/insert the current row, append the history
+    /// entry (hash chain), and store the vector when one is given. Replaying a stored generation is a no-op.
+    pub async fn write_audit(&self, write: &AuditWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        let p = write.prepared;
+        let uid = Uuid::parse_str(&p.record.uid)
+            .map_err(|_| StoreError::InvalidUid(p.record.uid.clone()))?;
+        if let Some(e) = &write.embedding {
+            check_dims(e)?;
+        }
+        // Two attempts: the second covers the race where another writer inserted the same uid concurrently.
+        for _ in 0..2 {
+            let mut tx = self.pool.begin().await?;
+            match write_in_tx(&mut tx, uid, write).await {
+                Ok(Some(outcome)) => {
+                    if matches!(outcome, WriteOutcome::Stored(_)) {
+                        tx.commit().await?;
+                    } else {
+                        tx.rollback().await?;
+                    }
+                    return Ok(outcome);
+                }
+                Ok(None) => {
+                    tx.rollback().await?;
+                    continue;
+                }
+                Err(StoreError::Database(sqlx::Error::Database(db)))
+                    if db.constraint() == Some("audits_remediation_request_id_key") =>
+                {
+                    tx.rollback().await?;
+                    return self.duplicate_of(&p.record.remediation_request_id).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Database(sqlx::Error::Protocol(
+            "concurrent writers kept racing on the same audit".into(),
+        )))
+    }
+
+    async fn duplicate_of(&self, request_id: &str) -> Result<WriteOutcome, StoreError> {
+        let row =
+            sqlx::query("SELECT namespace, name FROM audits WHERE remediation_request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => WriteOutcome::Duplicate {
+                namespace: r.try_get("namespace")?,
+                name: r.try_get("name")?,
+            },
+            None => WriteOutcome::Duplicate {
+                namespace: String::new(),
+                name: String::new(),
+            },
+        })
+    }
+
+    /// Records that the RemediationAudit with this uid was deleted (the audit itself is kept). Returns whether a
+    /// stored audit was marked.
+    pub async fn mark_deleted(&self, uid: &str) -> Result<bool, StoreError> {
+        let uid = Uuid::parse_str(uid).map_err(|_| StoreError::InvalidUid(uid.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE audits SET deleted_at = COALESCE(deleted_at, now()), updated_at = now() WHERE cr_uid = $1",
+        )
+        .bind(uid)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stores (or replaces) the vector of an audit if the audit's embedding text still has the given sha.
+    pub async fn store_embedding(
+        &self,
+        audit_id: i64,
+        text_sha: &str,
+        embedding: &EmbeddingRow,
+    ) -> Result<bool, StoreError> {
+        check_dims(embedding)?;
+        let done = sqlx::query(
+            "INSERT INTO audit_embeddings (audit_id, namespace, model_id, text_sha, embedding)
+             SELECT a.id, a.namespace, $2, $3, $4 FROM audits a WHERE a.id = $1 AND a.embedding_text_sha = $3
+             ON CONFLICT (audit_id) DO UPDATE
+                SET model_id = EXCLUDED.model_id, text_sha = EXCLUDED.text_sha,
+                    embedding = EXCLUDED.embedding, created_at = now()",
+        )
+        .bind(audit_id)
+        .bind(&embedding.model_id)
+        .bind(text_sha)
+        .bind(Vector::from(embedding.vector.clone()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The history of an audit, ordered by generation.
+    pub async fn history(&self, audit_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT generation, record, content_hash, prev_chain_hash, chain_hash
+             FROM audit_history WHERE audit_id = $1 ORDER BY generation, id",
+        )
+        .bind(audit_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    generation: r.try_get("generation")?,
+                    record: r.try_get("record")?,
+                    content_hash: r.try_get("content_hash")?,
+                    prev_chain_hash: r.try_get("prev_chain_hash")?,
+                    chain_hash: r.try_get("chain_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Verifies an audit's hash chain in the database (SQL `verify_audit_chain`).
+    pub async fn verify_chain_sql(&self, audit_id: i64) -> Result<Vec<ChainCheck>, StoreError> {
+        let rows = sqlx::query("SELECT generation, ok, problem FROM verify_audit_chain($1)")
+            .bind(audit_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ChainCheck {
+                    generation: r.try_get("generation")?,
+                    ok: r.try_get("ok")?,
+                    problem: r.try_get("problem")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Verifies an audit's hash chain in Rust from the stored rows.
+    pub async fn verify_chain(&self, audit_id: i64) -> Result<Vec<ChainCheck>, StoreError> {
+        Ok(record::verify_chain(&self.history(audit_id).await?))
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+const DIMENSIONS: usize = 384;
+
+fn check_dims(e: &EmbeddingRow) -> Result<(), StoreError> {
+    if e.vector.len() != DIMENSIONS {
+        return Err(StoreError::Dimensions {
+            got: e.vector.len(),
+            expected: DIMENSIONS,
+        });
+    }
+    Ok(())
+}
+
+/// The body of the write transaction. `Ok(None)` asks the caller to retry (lost an insert race).
+async fn write_in_tx(
+    tx: &mut Transaction<'static, Postgres>,
+    uid: Uuid,
+    write: &AuditWrite<'_>,
+) -> Result<Option<WriteOutcome>, StoreError> {
+    let p = write.prepared;
+    let r = &p.record;
+    let text_sha = record::sha256_hex(p.embedding_text.as_bytes());
+
+    let current = sqlx::query(
+        "SELECT a.id, a.generation, a.content_hash, a.chain_hash, a.updated_at, a.embedding_text_sha,
+                (e.text_sha IS NOT DISTINCT FROM a.embedding_text_sha) AS embedded
+         FROM audits a LEFT JOIN audit_embeddings e ON e.audit_id = a.id
+         WHERE a.cr_uid = $1 FOR UPDATE OF a",
+    )
+    .bind(uid)
+    .fetch_optional(&mut **tx)
+    .await?;
+
+    let prev_chain = match &current {
+        Some(row) => {
+            let generation: i64 = row.try_get("generation")?;
+            if generation >= r.generation {
+                return Ok(Some(WriteOutcome::Unchanged(StoredAudit {
+                    audit_id: row.try_get("id")?,
+                    generation,
+                    content_hash: row.try_get("content_hash")?,
+                    chain_hash: row.try_get("chain_hash")?,
+                    persisted_at: row.try_get("updated_at")?,
+                    embedding_stored: row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false),
+                })));
+            }
+            row.try_get::<String, _>("chain_hash")?
+        }
+        None => String::new(),
+    };
+    let chain = record::chain_hash(&prev_chain, &p.content_hash);
+    let details = r.details.clone().map(sqlx::types::Json);
+
+    let row = if current.is_some() {
+        sqlx::query(
+            "UPDATE audits SET namespace = $2, name = $3, remediation_request_id = $4, alert_fingerprint = $5,
+                alert_name = $6, phase = $7, outcome = $8, action_type = $9, severity = $10, environment = $11,
+                cluster_name = $12, target_resource = $13, start_time = $14, end_time = $15, duration_ms = $16,
+                error_message = $17, details = $18, generation = $19, content_hash = $20, chain_hash = $21,
+                embedding_text = $22, embedding_text_sha = $23, updated_at = now()
+             WHERE cr_uid = $1
+             RETURNING id, updated_at",
+        )
+    } else {
+        sqlx::query(
+            "INSERT INTO audits (cr_uid, namespace, name, remediation_request_id, alert_fingerprint, alert_name,
+                phase, outcome, action_type, severity, environment, cluster_name, target_resource, start_time,
+                end_time, duration_ms, error_message, details, generation, content_hash, chain_hash,
+                embedding_text, embedding_text_sha)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                $21, $22, $23)
+             ON CONFLICT (cr_uid) DO NOTHING
+             RETURNING id, updated_at",
+        )
+    }
+    .bind(uid)
+    .bind(&r.namespace)
+    .bind(&r.name)
+    .bind(&r.remediation_request_id)
+    .bind(&r.alert_fingerprint)
+    .bind(&r.alert_name)
+    .bind(&r.phase)
+    .bind(&r.outcome)
+    .bind(&r.action_type)
+    .bind(&r.severity)
+    .bind(&r.environment)
+    .bind(&r.cluster_name)
+    .bind(&r.target_resource)
+    .bind(p.start_time)
+    .bind(p.end_time)
+    .bind(r.duration_ms)
+    .bind(&r.error_message)
+    .bind(details)
+    .bind(r.generation)
+    .bind(&p.content_hash)
+    .bind(&chain)
+    .bind(&p.embedding_text)
+    .bind(&text_sha)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let audit_id: i64 = row.try_get("id")?;
+    let persisted_at: DateTime<Utc> = row.try_get("updated_at")?;
+
+    sqlx::query(
+        "INSERT INTO audit_history (audit_id, cr_uid, namespace, generation, record, content_hash,
+            prev_chain_hash, chain_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(audit_id)
+    .bind(uid)
+    .bind(&r.namespace)
+    .bind(r.generation)
+    .bind(&p.canonical_json)
+    .bind(&p.content_hash)
+    .bind(&prev_chain)
+    .bind(&chain)
+    .execute(&mut **tx)
+    .await?;
+
+    let mut embedding_stored = false;
+    if let Some(e) = &write.embedding {
+        sqlx::query(
+            "INSERT INTO audit_embeddings (audit_id, namespace, model_id, text_sha, embedding)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (audit_id) DO UPDATE
+                SET namespace = EXCLUDED.namespace, model_id = EXCLUDED.model_id, text_sha = EXCLUDED.text_sha,
+                    embedding = EXCLUDED.embedding, created_at = now()",
+        )
+        .bind(audit_id)
+        .bind(&r.namespace)
+        .bind(&e.model_id)
+        .bind(&text_sha)
+        .bind(Vector::from(e.vector.clone()))
+        .execute(&mut **tx)
+        .await?;
+        embedding_stored = true;
+    } else if let Some(row) = &current {
+        // The vector of an earlier generation is still current if the embedding text did not change.
+        let old_sha: String = row.try_get("embedding_text_sha")?;
+        embedding_stored =
+            old_sha == text_sha && row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false);
+    }
+
+    Ok(Some(WriteOutcome::Stored(StoredAudit {
+        audit_id,
+        generation: r.generation,
+        content_hash: p.content_hash.clone(),
+        chain_hash: chain,
+        persisted_at,
+        embedding_stored,
+    })))
+}
+
+/// sqlx's URL parse errors may echo the URL; never let a password reach a log or a status.
+fn redact_url_error(msg: &str) -> String {
+    let (redacted, _) = crate::audit::sanitize::redact_secrets(msg);
+    redacted.into_owned()
+}

@@ -1,0 +1,354 @@
+//! The store on the real PostgreSQL 18 + pgvector: migrations, the write transaction, the hash chain,
+//! immutability, duplicates, deletion, and nearest-neighbour search through the HNSW index.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use chrono::{DateTime, Utc};
+use datastorage::audit::{AuditMeta, Prepared, SanitizeConfig, prepare};
+use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
+use datastorage::store::{AuditWrite, EmbeddingRow, WriteOutcome};
+use sqlx::Row;
+use support::TestDb;
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn spec(request_id: &str) -> RemediationAuditSpec {
+    RemediationAuditSpec {
+        remediation_request_id: request_id.into(),
+        alert_fingerprint: "fp-1".into(),
+        alert_name: Some("KubePodOOMKilled".into()),
+        phase: AuditPhase::Completed,
+        outcome: AuditOutcome::Success,
+        action_type: "restart-pod".into(),
+        severity: "critical".into(),
+        environment: "production".into(),
+        cluster_name: "prod-eu-1".into(),
+        target_resource: "apps/v1/Deployment/payments/api".into(),
+        start_time: "2026-03-01T11:58:00Z".into(),
+        end_time: Some("2026-03-01T11:58:30Z".into()),
+        error_message: Some("container api exceeded its memory limit".into()),
+        details: None,
+    }
+}
+
+fn prepared(uid: &str, generation: i64, spec: &RemediationAuditSpec) -> Prepared {
+    let meta = AuditMeta {
+        uid: uid.into(),
+        namespace: "payments".into(),
+        name: "oom-1".into(),
+        generation,
+    };
+    prepare(&meta, spec, SanitizeConfig::default(), now()).unwrap()
+}
+
+fn unit_vector(seed: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..384)
+        .map(|i| (((i * 31 + seed * 17) % 97) as f32) - 48.0)
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+#[tokio::test]
+async fn migrations_run_twice_as_a_no_op() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let count = |store: datastorage::store::Store| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let v1 = store.schema_version().await.unwrap();
+    let n1 = count(store.clone()).await;
+    let v2 = store.migrate().await.unwrap();
+    let n2 = count(store.clone()).await;
+    assert_eq!((v1, n1), (v2, n2));
+    assert!(v1 >= 1);
+    // The tables live in the configured schema.
+    let schema: String = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'audits'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(schema, "datastorage");
+}
+
+#[tokio::test]
+async fn write_replay_new_generation_and_chain() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let uid = uuid::Uuid::new_v4().to_string();
+    let s1 = spec("rr-1");
+    let p1 = prepared(&uid, 1, &s1);
+    let first = store
+        .write_audit(&AuditWrite {
+            prepared: &p1,
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    let WriteOutcome::Stored(a1) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        a1.chain_hash,
+        datastorage::audit::record::chain_hash("", &p1.content_hash)
+    );
+
+    // Replaying the same generation changes nothing.
+    let replay = store
+        .write_audit(&AuditWrite {
+            prepared: &p1,
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(replay, WriteOutcome::Unchanged(a1.clone()));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_history")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    // A new generation appends history and links to the previous chain hash.
+    let mut s2 = s1.clone();
+    s2.outcome = AuditOutcome::Failure;
+    let p2 = prepared(&uid, 2, &s2);
+    let WriteOutcome::Stored(a2) = store
+        .write_audit(&AuditWrite {
+            prepared: &p2,
+            embedding: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(a2.audit_id, a1.audit_id);
+    assert_eq!(
+        a2.chain_hash,
+        datastorage::audit::record::chain_hash(&a1.chain_hash, &p2.content_hash)
+    );
+    // An older generation arriving late is stale: no change.
+    assert!(matches!(
+        store
+            .write_audit(&AuditWrite {
+                prepared: &p1,
+                embedding: None
+            })
+            .await
+            .unwrap(),
+        WriteOutcome::Unchanged(_)
+    ));
+
+    let history = store.history(a1.audit_id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.generation).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(
+        store
+            .verify_chain(a1.audit_id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.ok)
+    );
+    assert!(
+        store
+            .verify_chain_sql(a1.audit_id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.ok)
+    );
+    let current: String = sqlx::query_scalar("SELECT outcome FROM audits WHERE id = $1")
+        .bind(a1.audit_id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(current, "Failure");
+}
+
+#[tokio::test]
+async fn history_is_immutable_and_tampering_is_detected() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let uid = uuid::Uuid::new_v4().to_string();
+    let p = prepared(&uid, 1, &spec("rr-imm"));
+    let WriteOutcome::Stored(a) = store
+        .write_audit(&AuditWrite {
+            prepared: &p,
+            embedding: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let upd = sqlx::query("UPDATE audit_history SET record = '{}'")
+        .execute(store.pool())
+        .await;
+    assert!(upd.unwrap_err().to_string().contains("immutable"));
+    let del = sqlx::query("DELETE FROM audit_history")
+        .execute(store.pool())
+        .await;
+    assert!(del.unwrap_err().to_string().contains("immutable"));
+    let trunc = sqlx::query("TRUNCATE audit_history")
+        .execute(store.pool())
+        .await;
+    assert!(trunc.unwrap_err().to_string().contains("immutable"));
+    let del_audit = sqlx::query("DELETE FROM audits")
+        .execute(store.pool())
+        .await;
+    assert!(del_audit.unwrap_err().to_string().contains("never deleted"));
+
+    // A superuser can still bypass triggers; verification catches what they changed.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_history SET record = replace(record, 'Success', 'Failure') WHERE audit_id = $1")
+        .bind(a.audit_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let sql = store.verify_chain_sql(a.audit_id).await.unwrap();
+    assert!(!sql[0].ok, "{sql:?}");
+    assert_eq!(
+        sql[0].problem.as_deref(),
+        Some("record does not match content_hash")
+    );
+    let rust = store.verify_chain(a.audit_id).await.unwrap();
+    assert_eq!(rust, sql);
+}
+
+#[tokio::test]
+async fn duplicate_request_id_from_another_object_is_rejected() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let p1 = prepared(&uuid::Uuid::new_v4().to_string(), 1, &spec("rr-dup"));
+    assert!(matches!(
+        store
+            .write_audit(&AuditWrite {
+                prepared: &p1,
+                embedding: None
+            })
+            .await
+            .unwrap(),
+        WriteOutcome::Stored(_)
+    ));
+    let p2 = prepared(&uuid::Uuid::new_v4().to_string(), 1, &spec("rr-dup"));
+    let out = store
+        .write_audit(&AuditWrite {
+            prepared: &p2,
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        WriteOutcome::Duplicate {
+            namespace: "payments".into(),
+            name: "oom-1".into()
+        }
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audits")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn deletion_keeps_the_audit() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let uid = uuid::Uuid::new_v4().to_string();
+    let p = prepared(&uid, 1, &spec("rr-del"));
+    store
+        .write_audit(&AuditWrite {
+            prepared: &p,
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    assert!(store.mark_deleted(&uid).await.unwrap());
+    let row = sqlx::query("SELECT deleted_at IS NOT NULL AS deleted, (SELECT count(*) FROM audit_history) AS h FROM audits")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(row.get::<bool, _>("deleted"));
+    assert_eq!(row.get::<i64, _>("h"), 1);
+    // Unknown uids are not an error.
+    assert!(
+        !store
+            .mark_deleted(&uuid::Uuid::new_v4().to_string())
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn nearest_neighbour_through_the_hnsw_index() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let p = prepared(
+            &uuid::Uuid::new_v4().to_string(),
+            1,
+            &spec(&format!("rr-vec-{i}")),
+        );
+        let out = store
+            .write_audit(&AuditWrite {
+                prepared: &p,
+                embedding: Some(EmbeddingRow {
+                    model_id: "test:384".into(),
+                    vector: unit_vector(i),
+                }),
+            })
+            .await
+            .unwrap();
+        let WriteOutcome::Stored(a) = out else {
+            panic!()
+        };
+        assert!(a.embedding_stored);
+        ids.push(a.audit_id);
+    }
+    let query = pgvector::Vector::from(unit_vector(17));
+    let mut tx = store.pool().begin().await.unwrap();
+    // Make the planner prefer the index on this small table, inside this transaction only.
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT audit_id FROM audit_embeddings ORDER BY embedding <=> $1 LIMIT 5",
+    )
+    .bind(&query)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().any(|l| l.contains("audit_embeddings_hnsw_idx")),
+        "{plan:#?}"
+    );
+    let nearest: i64 = sqlx::query_scalar(
+        "SELECT audit_id FROM audit_embeddings ORDER BY embedding <=> $1 LIMIT 1",
+    )
+    .bind(&query)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(nearest, ids[17]);
+}
