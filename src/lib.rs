@@ -5,8 +5,19 @@
 //! - [`crd`]: the two custom resources (`RemediationAudit`, `DataStorage`).
 //! - [`audit`]: the pure steps of one audit's journey (validate, sanitize, canonical record and hash chain,
 //!   embedding text, status).
-//! - [`store`]: PostgreSQL (migrations, the write transaction, verification).
+//! - [`controller`]: the RemediationAudit controller (`controller/audit.rs` reads as one audit's journey) and the
+//!   DataStorage controller.
+//! - [`store`]: PostgreSQL (migrations, the write transaction, verification, versions).
+//! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
+//! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`).
 
 pub mod audit;
+pub mod backfill;
+pub mod check;
+pub mod controller;
 pub mod crd;
+pub mod embed;
+pub mod http;
+pub mod metrics;
+pub mod operator;
 pub mod store;

@@ -34,6 +34,35 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Run the operator: the DataStorage and RemediationAudit controllers, the embedding backfill, and the
+    /// operations endpoints (/metrics, /healthz, /readyz).
+    Run(RunArgs),
+    /// Validate and sanitize RemediationAudit YAML/JSON documents without a cluster or database. Prints one JSON
+    /// report per document; exit code 0 when all are valid, 1 when any is invalid, 2 when the input is unreadable.
+    Check {
+        /// File to check (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Name of the cluster-scoped DataStorage resource to serve.
+    #[arg(long, env = "DATASTORAGE_NAME", default_value = "default")]
+    datastorage: String,
+    /// Watch RemediationAudits in this namespace only (default: all namespaces).
+    #[arg(long, env = "DATASTORAGE_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the operations endpoints.
+    #[arg(long, env = "DATASTORAGE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: std::net::SocketAddr,
+    /// Directory of the embedding model used when the DataStorage names none.
+    #[arg(long, env = "DATASTORAGE_MODEL_DIR")]
+    model_dir: Option<String>,
+    /// Log format.
+    #[arg(long, env = "DATASTORAGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[tokio::main]
@@ -71,9 +100,65 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("schema {schema} at migration version {version}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => {
+            init_tracing(&args.log_format);
+            let client = kube::Client::try_default().await?;
+            datastorage::operator::run(
+                client,
+                datastorage::operator::Options {
+                    datastorage: args.datastorage,
+                    namespace: args.namespace,
+                    metrics_addr: args.metrics_addr,
+                    model_dir: args.model_dir,
+                },
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => {
+            let input = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let input = match input {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", file.display());
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match datastorage::check::check_documents(&input, chrono::Utc::now()) {
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    Ok(ExitCode::from(2))
+                }
+                Ok(reports) => {
+                    for r in &reports {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                    Ok(if reports.iter().all(|r| r.valid) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+            }
+        }
         Command::Version => {
             println!("datastorage {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }

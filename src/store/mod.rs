@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::audit::Prepared;
 use crate::audit::record::{self, ChainCheck, HistoryEntry};
+use crate::crd::TlsMode;
+
+pub mod versions;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -87,6 +90,7 @@ pub struct StoreConfig {
     pub schema: SchemaName,
     pub pool_size: u32,
     pub acquire_timeout: Duration,
+    pub tls_mode: TlsMode,
 }
 
 impl StoreConfig {
@@ -96,6 +100,7 @@ impl StoreConfig {
             schema: SchemaName::parse(schema)?,
             pool_size: 10,
             acquire_timeout: Duration::from_secs(5),
+            tls_mode: TlsMode::Prefer,
         })
     }
 }
@@ -105,6 +110,14 @@ impl StoreConfig {
 pub struct EmbeddingRow {
     pub model_id: String,
     pub vector: Vec<f32>,
+}
+
+/// An audit waiting for its vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEmbedding {
+    pub audit_id: i64,
+    pub text: String,
+    pub text_sha: String,
 }
 
 /// One generation of one audit to write.
@@ -149,7 +162,14 @@ impl Store {
         let options = PgConnectOptions::from_str(&config.url)
             .map_err(|e| StoreError::InvalidUrl(redact_url_error(&e.to_string())))?
             .options([("search_path", format!("{},public", config.schema.as_str()))])
-            .application_name("datastorage");
+            .application_name("datastorage")
+            .ssl_mode(match config.tls_mode {
+                TlsMode::Disable => PgSslMode::Disable,
+                TlsMode::Prefer => PgSslMode::Prefer,
+                TlsMode::Require => PgSslMode::Require,
+                TlsMode::VerifyCa => PgSslMode::VerifyCa,
+                TlsMode::VerifyFull => PgSslMode::VerifyFull,
+            });
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(config.acquire_timeout)
@@ -294,6 +314,45 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Audits whose vector is missing, from another model, or computed from an older text — oldest first.
+    pub async fn pending_embeddings(
+        &self,
+        model_id: &str,
+        limit: i64,
+    ) -> Result<Vec<PendingEmbedding>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.embedding_text, a.embedding_text_sha
+             FROM audits a LEFT JOIN audit_embeddings e ON e.audit_id = a.id
+             WHERE e.audit_id IS NULL OR e.model_id <> $1 OR e.text_sha <> a.embedding_text_sha
+             ORDER BY a.id
+             LIMIT $2",
+        )
+        .bind(model_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingEmbedding {
+                    audit_id: r.try_get("id")?,
+                    text: r.try_get("embedding_text")?,
+                    text_sha: r.try_get("embedding_text_sha")?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many audits lack a current vector for `model_id`.
+    pub async fn embedding_backlog(&self, model_id: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM audits a LEFT JOIN audit_embeddings e ON e.audit_id = a.id
+             WHERE e.audit_id IS NULL OR e.model_id <> $1 OR e.text_sha <> a.embedding_text_sha",
+        )
+        .bind(model_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The history of an audit, ordered by generation.
     pub async fn history(&self, audit_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
@@ -336,6 +395,23 @@ impl Store {
     /// Verifies an audit's hash chain in Rust from the stored rows.
     pub async fn verify_chain(&self, audit_id: i64) -> Result<Vec<ChainCheck>, StoreError> {
         Ok(record::verify_chain(&self.history(audit_id).await?))
+    }
+
+    /// Creates the monthly history partitions from this month to `months_ahead` months ahead.
+    pub async fn ensure_partitions(&self, months_ahead: i32) -> Result<i32, StoreError> {
+        Ok(sqlx::query_scalar("SELECT ensure_history_partitions($1)")
+            .bind(months_ahead.clamp(0, 120))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The definition of the HNSW index, if it exists.
+    pub async fn index_definition(&self) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'audit_embeddings_hnsw_idx'",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Checks that the database answers.

@@ -6,6 +6,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use datastorage::store::{Store, StoreConfig};
+
+pub mod kube;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Builds the pinned control-plane / tooling binaries used by tests and CI:
+#   kube-apiserver, kubectl  (k8s.io/kubernetes, wrapper module ./k8s)
+#   etcd                     (go.etcd.io/etcd/server/v3, wrapper module ./etcd)
+#   helm                     (helm.sh/helm/v3, wrapper module ./helm)
+#   promtool                 (github.com/prometheus/prometheus, wrapper module ./promtool)
+#
+# Versions are pinned by the go.mod/go.sum of each wrapper module (the single
+# source of truth). Binaries never go into the repo: they are written to
+#   ${DATASTORAGE_CACHE:-$HOME/.cache/datastorage}/kubebins/<key>/bin/
+# where <key> encodes every pinned version, the Go version and a hash of the
+# wrapper modules. Go's module and build caches live under the same cache root.
+#
+# Usage:
+#   hack/kubebins/build.sh               build missing binaries; last stdout line = bin dir
+#   hack/kubebins/build.sh --print-bindir print the bin dir, build nothing
+#
+# Each binary is built only if missing (a partial earlier run resumes); a run
+# with everything present is a no-op. Progress goes to stderr.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE_ROOT="${DATASTORAGE_CACHE:-${HOME:?set HOME or DATASTORAGE_CACHE}/.cache/datastorage}"
+
+# Bump when the build recipe (flags, ldflags, binary set) changes so that
+# binaries built by an older recipe are not reused.
+RECIPE=2
+
+log() { printf '[kubebins] %s\n' "$*" >&2; }
+die() { printf '[kubebins] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Version of a required module, read from a wrapper go.mod.
+modver() { # <wrapper dir> <module path>
+  local v
+  v="$(awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) && $0 !~ /=>/ {
+         for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }' "$HERE/$1/go.mod")"
+  [[ -n "$v" ]] || die "cannot find $2 in $HERE/$1/go.mod"
+  printf '%s\n' "$v"
+}
+
+K8S_MODV="$(modver k8s k8s.io/kubernetes)"           # v1.37.2
+ETCD_MODV="$(modver etcd go.etcd.io/etcd/server/v3)"  # v3.6.16
+HELM_MODV="$(modver helm helm.sh/helm/v3)"            # v3.22.0
+PROM_MODV="$(modver promtool github.com/prometheus/prometheus)" # v0.316.0
+
+K8S_VERSION="${K8S_MODV#v}"
+K8S_MAJOR="${K8S_VERSION%%.*}"
+K8S_MINOR="${K8S_VERSION#*.}"; K8S_MINOR="${K8S_MINOR%%.*}"
+ETCD_VERSION="${ETCD_MODV#v}"
+HELM_VERSION="${HELM_MODV#v}"
+# Prometheus release vX.Y.Z is published as Go module v0.X0Y.Z (v0.316.0 = 3.16.0).
+prom_minor_patch="${PROM_MODV#v0.}"              # 316.0
+prom_xy="${prom_minor_patch%%.*}"                # 316
+PROM_VERSION="$((10#$prom_xy / 100)).$((10#$prom_xy % 100)).${prom_minor_patch#*.}"
+
+# Helm's built-in Kubernetes capabilities follow the client-go it is built with.
+HELM_CLIENTGO="$(modver helm k8s.io/client-go)"  # v0.37.0 -> 1.37
+HELM_K8S_MINOR="${HELM_CLIENTGO#v0.}"; HELM_K8S_MINOR="${HELM_K8S_MINOR%%.*}"
+
+go_version() {
+  (cd / && GOTOOLCHAIN=local GOFLAGS='' go env GOVERSION) || die "cannot run go (is Go installed and in PATH?)"
+}
+
+src_hash() {
+  (
+    cd "$HERE"
+    echo "recipe=$RECIPE"
+    cat k8s/go.mod k8s/go.sum etcd/go.mod etcd/go.sum helm/go.mod helm/go.sum \
+        promtool/go.mod promtool/go.sum
+  ) | sha256sum | cut -c1-10
+}
+
+GOVER="$(go_version)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_prom-${PROM_VERSION}_${GOVER}_$(src_hash)"
+BINDIR="$CACHE_ROOT/kubebins/$KEY/bin"
+BINARIES=(kube-apiserver kubectl etcd helm promtool)
+
+if [[ "${1:-}" == "--print-bindir" ]]; then
+  printf '%s\n' "$BINDIR"
+  exit 0
+elif [[ $# -gt 0 ]]; then
+  die "usage: $0 [--print-bindir]"
+fi
+
+all_present() {
+  local b
+  for b in "${BINARIES[@]}"; do [[ -x "$BINDIR/$b" ]] || return 1; done
+}
+
+if all_present; then
+  printf '%s\n' "$BINDIR"
+  exit 0
+fi
+
+# Go's own minimum version check (go.mod "go" lines) with a clearer message.
+need_go="1.26.7"
+have_go="${GOVER#go}"
+if [[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -1)" != "$need_go" ]]; then
+  die "Go >= $need_go is required (found $GOVER)"
+fi
+
+mkdir -p "$BINDIR" "$CACHE_ROOT/go/mod" "$CACHE_ROOT/go/build"
+
+# Serialize concurrent builders of the same key (e.g. two test binaries
+# bringing up control planes at the same time).
+exec 9>"$BINDIR/.lock"
+if ! flock -n 9; then
+  log "another build.sh is building $BINDIR; waiting for it"
+  flock 9
+fi
+
+export GOMODCACHE="$CACHE_ROOT/go/mod"
+export GOCACHE="$CACHE_ROOT/go/build"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
+export GOWORK=off
+unset GOOS GOARCH
+
+build_one() { # <name> <wrapper dir> <package> <ldflags> [extra go build args...]
+  local name="$1" dir="$2" pkg="$3" ldflags="$4"
+  shift 4
+  if [[ -x "$BINDIR/$name" ]]; then
+    log "$name: present"
+    return 0
+  fi
+  log "$name: building $pkg (module dir $dir) ..."
+  local start tmp
+  start="$(date +%s)"
+  tmp="$BINDIR/.$name.tmp.$$"
+  rm -f "$tmp"
+  if ! (cd "$HERE/$dir" && go build -trimpath "$@" -ldflags "-s -w $ldflags" -o "$tmp" "$pkg") >&2; then
+    rm -f "$tmp"
+    die "$name: go build failed"
+  fi
+  mv -f "$tmp" "$BINDIR/$name"
+  log "$name: built in $(( $(date +%s) - start ))s"
+}
+
+k8s_ldflags=""
+for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+  k8s_ldflags+=" -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=$K8S_MAJOR -X $p.gitMinor=$K8S_MINOR"
+  k8s_ldflags+=" -X $p.gitTreeState=clean"
+done
+
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+
+prom_ldflags="-X github.com/prometheus/common/version.Version=$PROM_VERSION"
+prom_ldflags+=" -X github.com/prometheus/common/version.Revision=$PROM_MODV"
+prom_ldflags+=" -X github.com/prometheus/common/version.Branch=HEAD"
+prom_ldflags+=" -X github.com/prometheus/common/version.BuildUser=datastorage@kubebins"
+
+# etcd's version is a compile-time constant; only GitSHA is settable and the
+# module zip carries no commit, so it keeps its "Not provided" default.
+etcd_ldflags=""
+
+log "bin dir: $BINDIR"
+build_one etcd           etcd     go.etcd.io/etcd/server/v3              "$etcd_ldflags"
+build_one kube-apiserver k8s      k8s.io/kubernetes/cmd/kube-apiserver   "$k8s_ldflags"
+build_one kubectl        k8s      k8s.io/kubernetes/cmd/kubectl          "$k8s_ldflags"
+build_one helm           helm     helm.sh/helm/v3/cmd/helm               "$helm_ldflags"
+# promtool is only used for rule checks/unit tests: leave out the cloud
+# service-discovery plugins (Prometheus' own remove_all_sd build tag; keeps
+# kubernetes SD), which saves ~250 packages (Azure/AWS/GCE/... SDKs).
+build_one promtool       promtool github.com/prometheus/prometheus/cmd/promtool "$prom_ldflags" \
+  -tags netgo,remove_all_sd,enable_kubernetes_sd
+
+all_present || die "some binaries are missing in $BINDIR"
+printf '%s\n' "$BINDIR"

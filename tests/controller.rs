@@ -1,0 +1,466 @@
+//! The RemediationAudit controller end to end: real kube-apiserver, real kubectl, real PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use sqlx::Row;
+use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually, kubectl, kubectl_raw};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_audit_is_persisted_with_a_row_and_printer_columns() {
+    let env = TestEnv::new("persist").await;
+    env.kubectl(&["apply", "-f", "-"], Some(&audit_yaml(
+        "oom-1",
+        "rr-persist-1",
+        "  errorMessage: 'OOMKilled; DSN postgres://app:hunter2@db:5432/app'\n  details:\n    env:\n      DB_PASSWORD: s3cr3t\n",
+    )));
+    let obj = env.wait_state("oom-1", "Persisted", WAIT).await;
+    let status = &obj["status"];
+    let audit_id = status["auditId"].as_i64().unwrap();
+    assert_eq!(status["embedding"], "Stored");
+    assert_eq!(status["contentHash"].as_str().unwrap().len(), 64);
+    assert!(
+        obj["metadata"]["finalizers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "datastorage.kubernaut.ai/audit")
+    );
+    let conds: Vec<(String, String)> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(conds.contains(&("Validated".into(), "True".into())));
+    assert!(conds.contains(&("Persisted".into(), "True".into())));
+    assert!(conds.contains(&("Embedded".into(), "True".into())));
+
+    // The row, its history and its vector are in PostgreSQL; the secrets are not.
+    let store = env.store().await;
+    let row = sqlx::query(
+        "SELECT a.namespace, a.name, a.error_message, a.details::text AS details,
+                (SELECT count(*) FROM audit_history h WHERE h.audit_id = a.id) AS history,
+                (SELECT count(*) FROM audit_embeddings e WHERE e.audit_id = a.id) AS vectors
+         FROM audits a WHERE a.id = $1",
+    )
+    .bind(audit_id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("namespace"), env.ns);
+    assert_eq!(row.get::<String, _>("name"), "oom-1");
+    assert_eq!(row.get::<i64, _>("history"), 1);
+    assert_eq!(row.get::<i64, _>("vectors"), 1);
+    let error: String = row.get("error_message");
+    let details: String = row.get("details");
+    assert!(
+        !error.contains("hunter2") && error.contains("[REDACTED:postgres_url]"),
+        "{error}"
+    );
+    assert!(!details.contains("s3cr3t"), "{details}");
+
+    // kubectl get shows the printer columns with values.
+    let table = kubectl(&["get", "raudit", "-A"], None);
+    let header = table.lines().next().unwrap();
+    for col in ["PHASE", "OUTCOME", "STATE", "EMBEDDED", "AUDIT-ID", "AGE"] {
+        assert!(header.contains(col), "{table}");
+    }
+    let line = table.lines().find(|l| l.contains(&env.ns)).unwrap();
+    assert!(
+        line.contains("Completed") && line.contains("Success") && line.contains("Persisted"),
+        "{table}"
+    );
+    assert!(
+        line.contains("Stored") && line.contains(&audit_id.to_string()),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_audit_is_rejected_naming_the_field() {
+    let env = TestEnv::new("reject").await;
+    let yaml = audit_yaml("bad-1", "rr-reject-1", "")
+        .replace("actionType: restart-pod", "actionType: Restart_Pod!");
+    env.kubectl(&["apply", "-f", "-"], Some(&yaml));
+    let obj = env.wait_state("bad-1", "Rejected", WAIT).await;
+    let message = obj["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.actionType") && message.contains("invalid"),
+        "{message}"
+    );
+    let validated = obj["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Validated")
+        .unwrap();
+    assert_eq!(validated["status"], "False");
+    let store = env.store().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audits")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Fixing the spec stores it.
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("bad-1", "rr-reject-1", "")),
+    );
+    env.wait_state("bad-1", "Persisted", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_request_id_is_rejected() {
+    let env = TestEnv::new("dup").await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("first", "rr-dup-1", "")),
+    );
+    env.wait_state("first", "Persisted", WAIT).await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("second", "rr-dup-1", "")),
+    );
+    let obj = env.wait_state("second", "Rejected", WAIT).await;
+    let msg = obj["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("remediationRequestId") && msg.contains("duplicate") && msg.contains("first"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_edit_appends_history_and_delete_keeps_the_row() {
+    let env = TestEnv::new("edit").await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("a1", "rr-edit-1", "")),
+    );
+    let first = env.wait_state("a1", "Persisted", WAIT).await;
+    let id = first["status"]["auditId"].as_i64().unwrap();
+    let edited = audit_yaml("a1", "rr-edit-1", "").replace("outcome: Success", "outcome: Failure");
+    env.kubectl(&["apply", "-f", "-"], Some(&edited));
+    let second = env.wait_state("a1", "Persisted", WAIT).await;
+    assert_eq!(second["status"]["auditId"].as_i64(), Some(id));
+    assert_ne!(second["status"]["chainHash"], first["status"]["chainHash"]);
+    let store = env.store().await;
+    let history = store.history(id).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(store.verify_chain(id).await.unwrap().iter().all(|c| c.ok));
+
+    env.kubectl(
+        &["delete", "raudit", "a1", "--wait=true", "--timeout=60s"],
+        None,
+    );
+    let deleted: bool =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM audits WHERE id = $1")
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(deleted);
+    assert_eq!(store.history(id).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_gives_retrying_then_exactly_one_row() {
+    // A private PostgreSQL cluster, so stopping it does not disturb other tests.
+    let pg_dir = tempfile::Builder::new()
+        .prefix("ds-outage-")
+        .tempdir()
+        .unwrap();
+    let pg = |cmd: &str| {
+        let out = std::process::Command::new(format!("{}/hack/pg.sh", env!("CARGO_MANIFEST_DIR")))
+            .arg(cmd)
+            .env("PG_DIR", pg_dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let url = pg("up");
+    let env = TestEnv::with(
+        "outage",
+        EnvOptions {
+            url: Some(url.clone()),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("before", "rr-outage-0", "")),
+    );
+    env.wait_state("before", "Persisted", WAIT).await;
+
+    pg("stop");
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("during", "rr-outage-1", "")),
+    );
+    let obj = env.wait_state("during", "Retrying", WAIT).await;
+    assert!(
+        obj["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retrying")
+    );
+
+    pg("start");
+    let obj = env
+        .wait_state("during", "Persisted", Duration::from_secs(120))
+        .await;
+    let id = obj["status"]["auditId"].as_i64().unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM datastorage.audits WHERE remediation_request_id = 'rr-outage-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+    let hist: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM datastorage.audit_history WHERE audit_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hist, 1);
+    pool.close().await;
+    drop(env);
+    pg("down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datastorage_reports_versions_and_recovers_from_a_broken_secret() {
+    let env = TestEnv::with(
+        "dstore",
+        EnvOptions {
+            spec_extra: "  embedding:\n    provider: Hash\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let ready = eventually(WAIT, "DataStorage Ready", || async {
+        let out = kubectl_raw(&["get", "dstore", &env.ns, "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["phase"] == "Ready").then_some(v)
+    })
+    .await;
+    assert!(
+        ready["status"]["postgresVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("18.")
+    );
+    assert!(
+        ready["status"]["pgvectorVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.8")
+    );
+    let table = kubectl(&["get", "dstore", &env.ns], None);
+    assert!(
+        table.contains("Ready") && table.contains("18.") && table.contains("0.8"),
+        "{table}"
+    );
+
+    // Break the Secret reference: DatabaseReachable=False with the reason.
+    kubectl(
+        &[
+            "patch",
+            "dstore",
+            &env.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"database":{"urlSecretRef":{"name":"nope"}}}}"#,
+        ],
+        None,
+    );
+    eventually(WAIT, "DatabaseReachable=False/SecretNotFound", || async {
+        let out = kubectl_raw(&["get", "dstore", &env.ns, "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "DatabaseReachable")?
+            .clone();
+        (c["status"] == "False"
+            && c["reason"] == "SecretNotFound"
+            && v["status"]["phase"] == "Failed")
+            .then_some(())
+    })
+    .await;
+    // Fix it: recovers without a restart.
+    kubectl(
+        &[
+            "patch",
+            "dstore",
+            &env.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"database":{"urlSecretRef":{"name":"db"}}}}"#,
+        ],
+        None,
+    );
+    eventually(WAIT, "DataStorage Ready again", || async {
+        let out = kubectl_raw(
+            &["get", "dstore", &env.ns, "-o", "jsonpath={.status.phase}"],
+            None,
+        );
+        (String::from_utf8_lossy(&out.stdout) == "Ready").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_versions_block_writes() {
+    let env = TestEnv::with(
+        "versions",
+        EnvOptions {
+            spec_extra: "  embedding:\n    provider: Hash\n  requirements:\n    minPostgresMajor: 99\n    minPgvector: \"9.0.0\"\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("blocked", "rr-blocked-1", "")),
+    );
+    // Until the DataStorage controller has checked the versions the audit waits as "not ready"; then the message
+    // names the unmet requirement.
+    let msg = eventually(
+        WAIT,
+        "a Retrying status naming the PostgreSQL requirement",
+        || async {
+            let obj = env.wait_state("blocked", "Retrying", WAIT).await;
+            let msg = obj["status"]["message"].as_str()?.to_string();
+            (msg.contains("PostgreSQL") && msg.contains("99")).then_some(msg)
+        },
+    )
+    .await;
+    assert!(msg.contains("writes are blocked"), "{msg}");
+    let out = kubectl(&["get", "dstore", &env.ns, "-o", "json"], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = v["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "VersionsSupported")
+        .unwrap();
+    assert_eq!(c["status"], "False");
+    assert!(c["message"].as_str().unwrap().contains("pgvector 0.8"));
+
+    // Lowering the requirement unblocks the write without a restart.
+    kubectl(
+        &[
+            "patch",
+            "dstore",
+            &env.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"requirements":{"minPostgresMajor":16,"minPgvector":"0.5.1"}}}"#,
+        ],
+        None,
+    );
+    env.wait_state("blocked", "Persisted", Duration::from_secs(120))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cr_ttl_deletes_the_resource_and_keeps_the_row() {
+    let env = TestEnv::with(
+        "ttl",
+        EnvOptions {
+            spec_extra:
+                "  embedding:\n    provider: Hash\n  retention:\n    crTtlAfterPersisted: 2s\n"
+                    .into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("short-lived", "rr-ttl-1", "")),
+    );
+    eventually(WAIT, "the CR to be deleted after its TTL", || async {
+        let out = kubectl_raw(&["-n", &env.ns, "get", "raudit", "short-lived"], None);
+        (!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"))
+            .then_some(())
+    })
+    .await;
+    let store = env.store().await;
+    let row = sqlx::query(
+        "SELECT deleted_at IS NULL AS kept FROM audits WHERE remediation_request_id = 'rr-ttl-1'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        row.get::<bool, _>("kept"),
+        "a TTL expiry is not a user's deletion"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_rejects_a_non_structural_crd_and_accepts_ours() {
+    support::kube::ensure_crds();
+    let bad = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.broken.example.com
+spec:
+  group: broken.example.com
+  names: {kind: Widget, plural: widgets}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            properties:
+              anything: {}
+"#;
+    let out = kubectl_raw(&["apply", "-f", "-"], Some(bad));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("type: Required value") || err.contains("must not be empty"),
+        "{err}"
+    );
+    let ours = kubectl(
+        &[
+            "get",
+            "crd",
+            "remediationaudits.datastorage.kubernaut.ai",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ],
+        None,
+    );
+    assert_eq!(ours, "True");
+}
