@@ -1,0 +1,173 @@
+//! Semantic search over the HNSW index. Each search runs in its own transaction so that `hnsw.ef_search` and
+//! pgvector's iterative index scan are set with `set_config(…, true)` (= `SET LOCAL`) and never leak into pooled
+//! sessions. The iterative scan keeps filtered searches (e.g. one namespace holding 1 % of the rows) at full
+//! recall: the index scan goes on until enough rows pass the filter instead of stopping after `ef_search`.
+
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// Filters shared by list and search. `namespaces: None` means every namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilters {
+    pub namespaces: Option<Vec<String>>,
+    pub phase: Option<String>,
+    pub outcome: Option<String>,
+    pub severity: Option<String>,
+    pub cluster: Option<String>,
+    pub action_type: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchHit {
+    pub id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub similarity: f64,
+    pub remediation_request_id: String,
+    pub action_type: String,
+    pub alert_name: Option<String>,
+    pub phase: String,
+    pub outcome: String,
+    pub severity: String,
+    pub cluster_name: String,
+    pub target_resource: String,
+    pub start_time: DateTime<Utc>,
+    pub error_message: Option<String>,
+}
+
+/// Search parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchParams {
+    pub limit: i64,
+    pub min_similarity: Option<f64>,
+    pub ef_search: i32,
+    /// Leave this audit out of the results (for "similar to audit N").
+    pub exclude_id: Option<i64>,
+}
+
+impl Store {
+    /// Nearest audits to `query` by cosine similarity, through the HNSW index, with filters.
+    pub async fn search(
+        &self,
+        query: &[f32],
+        filters: &AuditFilters,
+        params: &SearchParams,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let limit = params.limit.clamp(1, 1000);
+        // Candidates from the index (namespace filtered inside the iterative scan); the other filters are applied
+        // to a generous candidate set, then results are ordered by exact distance.
+        let candidates = (limit * 4).max(100);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('hnsw.ef_search', $1, true),
+                    set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                    set_config('hnsw.max_scan_tuples', '50000', true)",
+        )
+        .bind(params.ef_search.clamp(1, 1000).to_string())
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "WITH c AS MATERIALIZED (
+                 SELECT e.audit_id, e.embedding <=> $1 AS distance
+                 FROM audit_embeddings e
+                 WHERE ($2::text[] IS NULL OR e.namespace = ANY($2))
+                 ORDER BY e.embedding <=> $1
+                 LIMIT $3
+             )
+             SELECT a.id, a.namespace, a.name, 1 - c.distance AS similarity, a.remediation_request_id, a.action_type,
+                    a.alert_name, a.phase, a.outcome, a.severity, a.cluster_name, a.target_resource, a.start_time,
+                    a.error_message
+             FROM c JOIN audits a ON a.id = c.audit_id
+             WHERE ($4::text IS NULL OR a.phase = $4)
+               AND ($5::text IS NULL OR a.outcome = $5)
+               AND ($6::text IS NULL OR a.severity = $6)
+               AND ($7::text IS NULL OR a.cluster_name = $7)
+               AND ($8::text IS NULL OR a.action_type = $8)
+               AND ($9::timestamptz IS NULL OR a.start_time >= $9)
+               AND ($10::timestamptz IS NULL OR a.start_time < $10)
+               AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
+               AND ($12::bigint IS NULL OR a.id <> $12)
+             ORDER BY c.distance, a.id
+             LIMIT $13",
+        )
+        .bind(Vector::from(query.to_vec()))
+        .bind(filters.namespaces.as_deref())
+        .bind(candidates)
+        .bind(filters.phase.as_deref())
+        .bind(filters.outcome.as_deref())
+        .bind(filters.severity.as_deref())
+        .bind(filters.cluster.as_deref())
+        .bind(filters.action_type.as_deref())
+        .bind(filters.since)
+        .bind(filters.until)
+        .bind(params.min_similarity)
+        .bind(params.exclude_id)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(|r| hit(&r)).collect()
+    }
+
+    /// Exact (sequential) nearest neighbours, the ground truth for recall measurements.
+    pub async fn search_exact(
+        &self,
+        query: &[f32],
+        namespaces: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+            .execute(&mut *tx)
+            .await?;
+        let ids = sqlx::query_scalar(
+            "SELECT audit_id FROM audit_embeddings
+             WHERE ($2::text[] IS NULL OR namespace = ANY($2))
+             ORDER BY embedding <=> $1, audit_id LIMIT $3",
+        )
+        .bind(Vector::from(query.to_vec()))
+        .bind(namespaces)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// The stored vector of an audit (for "similar to audit N").
+    pub async fn embedding_of(&self, audit_id: i64) -> Result<Option<Vec<f32>>, StoreError> {
+        let v: Option<Vector> =
+            sqlx::query_scalar("SELECT embedding FROM audit_embeddings WHERE audit_id = $1")
+                .bind(audit_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+}
+
+fn hit(r: &sqlx::postgres::PgRow) -> Result<SearchHit, StoreError> {
+    Ok(SearchHit {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        similarity: r.try_get("similarity")?,
+        remediation_request_id: r.try_get("remediation_request_id")?,
+        action_type: r.try_get("action_type")?,
+        alert_name: r.try_get("alert_name")?,
+        phase: r.try_get("phase")?,
+        outcome: r.try_get("outcome")?,
+        severity: r.try_get("severity")?,
+        cluster_name: r.try_get("cluster_name")?,
+        target_resource: r.try_get("target_resource")?,
+        start_time: r.try_get("start_time")?,
+        error_message: r.try_get("error_message")?,
+    })
+}
