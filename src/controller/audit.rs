@@ -115,7 +115,12 @@ async fn reconcile_inner(
     {
         match s.state {
             Some(AuditState::Rejected) => return Ok(Action::await_change()),
-            Some(AuditState::Persisted) if s.embedding != Some(EmbeddingState::Pending) => {
+            Some(AuditState::Persisted)
+                if !matches!(
+                    s.embedding,
+                    Some(EmbeddingState::Pending | EmbeddingState::Unavailable)
+                ) =>
+            {
                 return after_persisted(ra, &api, ctx).await;
             }
             _ => {}
@@ -229,10 +234,15 @@ async fn reconcile_inner(
     ctx.reset_backoff(&key);
 
     // 7. Status.
-    let embedding_state = match (&rt.embedder, outcome.embedding_stored) {
-        (_, true) => EmbeddingState::Stored,
-        (None, false) => EmbeddingState::Disabled,
-        (Some(_), false) => EmbeddingState::Pending,
+    let embedding_state = match (
+        rt.embeddings_enabled,
+        &rt.embedder,
+        outcome.embedding_stored,
+    ) {
+        (_, _, true) => EmbeddingState::Stored,
+        (false, _, false) => EmbeddingState::Disabled,
+        (true, None, false) => EmbeddingState::Unavailable,
+        (true, Some(_), false) => EmbeddingState::Pending,
     };
     let persisted = Outcome::Persisted {
         audit_id: outcome.audit_id,
@@ -246,7 +256,10 @@ async fn reconcile_inner(
         markup_removed: prepared.markup_removed,
     };
     set_status(ra, &api, &persisted).await?;
-    if embedding_state == EmbeddingState::Pending {
+    if matches!(
+        embedding_state,
+        EmbeddingState::Pending | EmbeddingState::Unavailable
+    ) {
         return Ok(Action::requeue(EMBEDDING_RECHECK));
     }
     // 8. TTL.

@@ -234,23 +234,29 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
         }
     }
 
+    // A provider that fails its probe is still used (writes fall back to row-only and the backfill retries);
+    // only one that cannot even be built is left out.
     let embedder = match build_embedder(ctx, ds).await {
-        Ok(e) => {
-            match &e {
-                Some(e) => checks.set(
+        Ok(None) => {
+            checks.set(
+                "EmbeddingReady",
+                true,
+                "Disabled",
+                "embeddings are disabled",
+            );
+            None
+        }
+        Ok(Some(e)) => {
+            match probe_embedder(e.as_ref()).await {
+                Ok(()) => checks.set(
                     "EmbeddingReady",
                     true,
                     "Ready",
                     format!("provider {} answers", e.model_id()),
                 ),
-                None => checks.set(
-                    "EmbeddingReady",
-                    true,
-                    "Disabled",
-                    "embeddings are disabled",
-                ),
+                Err(msg) => checks.set("EmbeddingReady", false, "ProviderFailing", msg),
             }
-            e
+            Some(e)
         }
         Err(msg) => {
             checks.set("EmbeddingReady", false, "ProviderUnavailable", msg);
@@ -270,11 +276,8 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
                         HtmlPolicySpec::Reject => HtmlPolicy::Reject,
                     },
                 },
-                embedder: if spec.embedding.provider == EmbeddingProvider::Disabled {
-                    None
-                } else {
-                    embedder.clone()
-                },
+                embedder: embedder.clone(),
+                embeddings_enabled: spec.embedding.provider != EmbeddingProvider::Disabled,
                 embed_timeout: parse_duration(&spec.embedding.timeout)
                     .unwrap_or(Duration::from_millis(200)),
                 writable: writable.clone(),
@@ -531,13 +534,18 @@ async fn build_embedder(
             e
         }
     };
-    let probe = tokio::time::timeout(
+    Ok(Some(embedder))
+}
+
+/// Checks that the provider answers (a cache hit after the first success, so this stays cheap).
+async fn probe_embedder(embedder: &dyn Embedder) -> Result<(), String> {
+    match tokio::time::timeout(
         Duration::from_secs(30),
         embedder.embed(&["health check".to_string()]),
     )
-    .await;
-    match probe {
-        Ok(Ok(_)) => Ok(Some(embedder)),
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("provider {} failed: {e}", embedder.model_id())),
         Err(_) => Err(format!(
             "provider {} did not answer within 30s",

@@ -28,8 +28,10 @@ pub const MANAGER: &str = "datastorage-operator";
 pub struct StoreRuntime {
     pub store: Store,
     pub sanitize: SanitizeConfig,
-    /// `None` when embeddings are disabled.
+    /// `None` when embeddings are disabled or the provider cannot be built.
     pub embedder: Option<Arc<dyn Embedder>>,
+    /// Whether the DataStorage asks for embeddings (false: provider `Disabled`).
+    pub embeddings_enabled: bool,
     /// Time budget of an embedding inside a write; past it the row is stored alone.
     pub embed_timeout: Duration,
     /// `Err(message)` while writes are blocked (e.g. unsupported PostgreSQL/pgvector versions).

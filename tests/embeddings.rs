@@ -1,0 +1,387 @@
+//! Embeddings for real: the MiniLM model through the store's semantic search (relevance and filtered recall), a
+//! shared Redis cache on a real redis-server, and degradation + backfill with a real HTTP provider that fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::post;
+use chrono::Utc;
+use datastorage::audit::{AuditMeta, SanitizeConfig, prepare};
+use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
+use datastorage::embed::{
+    CacheOptions, CachedEmbedder, EmbedError, EmbedMetrics, Embedder, HashEmbedder, LocalEmbedder,
+    LocalOptions,
+};
+use datastorage::store::search::{AuditFilters, SearchParams};
+use datastorage::store::{AuditWrite, EmbeddingRow, WriteOutcome};
+use serde_json::{Value, json};
+use support::TestDb;
+use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(std::env::var("DATASTORAGE_MODEL_DIR").unwrap_or_else(|_| {
+        panic!("DATASTORAGE_MODEL_DIR is not set: export DATASTORAGE_MODEL_DIR=$(hack/python-deps.sh model-dir)")
+    }))
+}
+
+fn fixture() -> Value {
+    serde_json::from_str(include_str!("fixtures/relevance.json")).unwrap()
+}
+
+fn spec_of(a: &Value, i: usize) -> RemediationAuditSpec {
+    let s = |k: &str| a[k].as_str().unwrap().to_string();
+    RemediationAuditSpec {
+        remediation_request_id: format!("rr-rel-{i}"),
+        alert_fingerprint: format!("fp-{i}"),
+        alert_name: Some(s("alertName")),
+        phase: AuditPhase::Completed,
+        outcome: if s("outcome") == "Success" {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Failure
+        },
+        action_type: s("actionType"),
+        severity: s("severity"),
+        environment: "production".into(),
+        cluster_name: "prod-eu-1".into(),
+        target_resource: s("targetResource"),
+        start_time: "2026-10-01T10:00:00Z".into(),
+        end_time: None,
+        error_message: Some(s("errorMessage")),
+        details: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_set_ranks_the_right_family_first_and_filtered_recall_holds() {
+    let embedder = LocalEmbedder::load(&model_dir(), LocalOptions::default()).unwrap();
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let data = fixture();
+    let audits = data["audits"].as_array().unwrap();
+    let queries = data["queries"].as_array().unwrap();
+    assert!(audits.len() >= 40 && queries.len() >= 20);
+
+    let prepared: Vec<_> = audits
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let meta = AuditMeta {
+                uid: uuid::Uuid::new_v4().to_string(),
+                namespace: a["namespace"].as_str().unwrap().into(),
+                name: format!("audit-{i}"),
+                generation: 1,
+            };
+            prepare(&meta, &spec_of(a, i), SanitizeConfig::default(), Utc::now()).unwrap()
+        })
+        .collect();
+    let texts: Vec<String> = prepared.iter().map(|p| p.embedding_text.clone()).collect();
+    let vectors = embedder.embed(&texts).await.unwrap();
+    let mut family_of = HashMap::new();
+    let mut namespace_of = HashMap::new();
+    for ((p, v), a) in prepared.iter().zip(vectors).zip(audits) {
+        let row = EmbeddingRow {
+            model_id: embedder.model_id().into(),
+            vector: v,
+        };
+        let WriteOutcome::Stored(s) = store
+            .write_audit(&AuditWrite {
+                prepared: p,
+                embedding: Some(row),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        family_of.insert(s.audit_id, a["family"].as_str().unwrap().to_string());
+        namespace_of.insert(s.audit_id, a["namespace"].as_str().unwrap().to_string());
+    }
+
+    let query_texts: Vec<String> = queries
+        .iter()
+        .map(|q| q["text"].as_str().unwrap().to_string())
+        .collect();
+    let query_vectors = embedder.embed(&query_texts).await.unwrap();
+    let params = SearchParams {
+        limit: 10,
+        min_similarity: None,
+        ef_search: 40,
+        exclude_id: None,
+    };
+    let mut correct = 0;
+    let mut misses = Vec::new();
+    for (q, v) in queries.iter().zip(&query_vectors) {
+        let hits = store
+            .search(v, &AuditFilters::default(), &params)
+            .await
+            .unwrap();
+        let top = &family_of[&hits[0].id];
+        if top == q["family"].as_str().unwrap() {
+            correct += 1;
+        } else {
+            misses.push(format!(
+                "{:?} → {top} ({:.3})",
+                q["text"], hits[0].similarity
+            ));
+        }
+    }
+    println!(
+        "relevance: {correct}/{} queries rank their family first; misses: {misses:#?}",
+        queries.len()
+    );
+    assert!(
+        correct * 10 >= queries.len() * 9,
+        "only {correct}/{} correct: {misses:#?}",
+        queries.len()
+    );
+
+    // Filtered to one namespace: the iterative index scan keeps recall@10 against exact search.
+    let mut total_recall = 0.0;
+    let mut n = 0.0;
+    for ns in ["platform", "checkout", "data"] {
+        let filters = AuditFilters {
+            namespaces: Some(vec![ns.to_string()]),
+            ..AuditFilters::default()
+        };
+        for v in &query_vectors {
+            let approx: Vec<i64> = store
+                .search(v, &filters, &params)
+                .await
+                .unwrap()
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            let exact = store
+                .search_exact(v, Some(&[ns.to_string()]), 10)
+                .await
+                .unwrap();
+            let found = exact.iter().filter(|id| approx.contains(id)).count() as f64;
+            total_recall += found / exact.len().max(1) as f64;
+            n += 1.0;
+            assert!(
+                approx.iter().all(|id| namespace_of[id] == ns),
+                "a result from outside {ns} leaked"
+            );
+        }
+    }
+    let recall = total_recall / n;
+    println!("filtered recall@10 = {recall:.3}");
+    assert!(recall >= 0.95, "filtered recall@10 {recall}");
+}
+
+/// A real provider (the hash embedder) that counts how often it is asked.
+struct Counting {
+    inner: HashEmbedder,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Embedder for Counting {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dimensions(&self) -> usize {
+        self.inner.dimensions()
+    }
+    fn semantic(&self) -> bool {
+        false
+    }
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.calls.fetch_add(texts.len(), Ordering::SeqCst);
+        self.inner.embed(texts).await
+    }
+}
+
+fn redis(cmd: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(format!("{}/hack/redis.sh", env!("CARGO_MANIFEST_DIR")))
+        .arg(cmd)
+        .env("REDIS_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis.sh {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_is_shared_between_replicas_and_its_outage_never_fails_an_embed() {
+    let dir = tempfile::Builder::new()
+        .prefix("ds-redis-")
+        .tempdir()
+        .unwrap();
+    let url = redis("up", &dir.path().join("r"));
+    let options = || CacheOptions {
+        memory_entries: 100,
+        ttl: Duration::from_secs(60),
+        redis_url: Some(url.clone()),
+    };
+    let text = vec![format!(
+        "restart pod after OOMKilled {}",
+        uuid::Uuid::new_v4()
+    )];
+
+    // Replica 1 computes and shares the vector.
+    let inner1 = Arc::new(Counting {
+        inner: HashEmbedder::new(384),
+        calls: AtomicUsize::new(0),
+    });
+    let m1 = EmbedMetrics::unregistered().unwrap();
+    let r1 = CachedEmbedder::new(inner1.clone(), options(), m1.clone())
+        .await
+        .unwrap();
+    let v1 = r1.embed(&text).await.unwrap();
+    assert_eq!(inner1.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(m1.cache_misses.get(), 1);
+
+    // Replica 2 (empty memory) finds it in Redis: its model is never asked.
+    let inner2 = Arc::new(Counting {
+        inner: HashEmbedder::new(384),
+        calls: AtomicUsize::new(0),
+    });
+    let m2 = EmbedMetrics::unregistered().unwrap();
+    let r2 = CachedEmbedder::new(inner2.clone(), options(), m2.clone())
+        .await
+        .unwrap();
+    let v2 = r2.embed(&text).await.unwrap();
+    assert_eq!(v1, v2);
+    assert_eq!(
+        inner2.calls.load(Ordering::SeqCst),
+        0,
+        "a Redis hit must avoid the model"
+    );
+    assert_eq!(m2.cache_hits.get(), 1);
+
+    // Redis goes away: embeds still work (memory + model), errors are counted.
+    redis("stop", &dir.path().join("r"));
+    let other = vec![format!(
+        "drain node after disk pressure {}",
+        uuid::Uuid::new_v4()
+    )];
+    let v3 = r2.embed(&other).await.unwrap();
+    assert_eq!(v3.len(), 1);
+    assert_eq!(inner2.calls.load(Ordering::SeqCst), 1);
+    assert!(m2.redis_errors.get() >= 1, "Redis failures are counted");
+    redis("down", &dir.path().join("r"));
+}
+
+/// A real OpenAI-compatible HTTP embedding service on loopback that can be switched to failing.
+async fn provider(healthy: Arc<AtomicBool>) -> String {
+    let hash = Arc::new(HashEmbedder::new(384));
+    let app = axum::Router::new().route(
+        "/v1/embeddings",
+        post(move |Json(body): Json<Value>| {
+            let healthy = healthy.clone();
+            let hash = hash.clone();
+            async move {
+                if !healthy.load(Ordering::SeqCst) {
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Json(json!({"error": {"message": "model overloaded"}})),
+                    );
+                }
+                let inputs: Vec<String> = body["input"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect();
+                let vectors = hash.embed(&inputs).await.unwrap();
+                let data: Vec<Value> = vectors
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                    .collect();
+                (
+                    StatusCode::OK,
+                    Json(json!({"object": "list", "data": data, "model": body["model"]})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_provider_stores_rows_pending_then_backfill_fills_every_vector() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let endpoint = provider(healthy.clone()).await;
+    let env = TestEnv::with(
+        "degrade",
+        EnvOptions {
+            spec_extra: format!(
+                "  embedding:\n    provider: OpenAI\n    endpoint: {endpoint}\n    model: test-embed\n    timeout: 300ms\n"
+            ),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let names = ["d1", "d2", "d3"];
+    for (i, name) in names.iter().enumerate() {
+        env.kubectl(
+            &["apply", "-f", "-"],
+            Some(&audit_yaml(name, &format!("rr-degrade-{i}"), "")),
+        );
+    }
+    for name in names {
+        let obj = env
+            .wait_state(name, "Persisted", Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            obj["status"]["embedding"], "Pending",
+            "{name}: {}",
+            obj["status"]
+        );
+    }
+    let metrics = env.operator.as_ref().unwrap().context.metrics.clone();
+    assert!(
+        metrics.fallback_mode.get() >= 3,
+        "fallback counted: {}",
+        metrics.fallback_mode.get()
+    );
+    let store = env.store().await;
+    let vectors: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_embeddings")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(vectors, 0);
+
+    // The provider recovers: the backfill adds every vector and the statuses say so.
+    healthy.store(true, Ordering::SeqCst);
+    for name in names {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{name} embedding Stored"),
+            || async { (env.jsonpath(name, "{.status.embedding}") == "Stored").then_some(()) },
+        )
+        .await;
+    }
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT model_id, count(*) FROM audit_embeddings GROUP BY model_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![("openai:test-embed:384".to_string(), 3)]);
+    assert_eq!(metrics.embedding_backlog.get(), 0);
+    assert!(metrics.backfill_embedded.get() >= 3);
+}
