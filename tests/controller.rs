@@ -331,6 +331,35 @@ async fn datastorage_reports_versions_and_recovers_from_a_broken_secret() {
         (String::from_utf8_lossy(&out.stdout) == "Ready").then_some(())
     })
     .await;
+
+    // Changing the index parameters rebuilds the index live; IndexReady comes back True with the new definition.
+    kubectl(
+        &[
+            "patch",
+            "dstore",
+            &env.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"vectorIndex":{"m":24,"efConstruction":80}}}"#,
+        ],
+        None,
+    );
+    let store = env.store().await;
+    eventually(WAIT, "the HNSW index rebuilt with m=24", || async {
+        let def = store.index_definition().await.ok()??;
+        let out = kubectl_raw(
+            &[
+                "get",
+                "dstore",
+                &env.ns,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"IndexReady\")].status}",
+            ],
+            None,
+        );
+        (def.contains("m='24'") && String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

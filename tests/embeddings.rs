@@ -117,6 +117,7 @@ async fn labelled_set_ranks_the_right_family_first_and_filtered_recall_holds() {
         min_similarity: None,
         ef_search: 40,
         exclude_id: None,
+        halfvec: false,
     };
     let mut correct = 0;
     let mut misses = Vec::new();

@@ -352,3 +352,156 @@ async fn nearest_neighbour_through_the_hnsw_index() {
     tx.commit().await.unwrap();
     assert_eq!(nearest, ids[17]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_parameter_change_rebuilds_while_writes_continue() {
+    use datastorage::store::index::IndexParams;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let p = prepared(
+                    &uuid::Uuid::new_v4().to_string(),
+                    1,
+                    &spec(&format!("rr-rebuild-{i}")),
+                );
+                let row = EmbeddingRow {
+                    model_id: "test:384".into(),
+                    vector: unit_vector(i),
+                };
+                let out = store
+                    .write_audit(&AuditWrite {
+                        prepared: &p,
+                        embedding: Some(row),
+                    })
+                    .await
+                    .unwrap();
+                assert!(matches!(out, WriteOutcome::Stored(_)));
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let params = IndexParams {
+        m: 24,
+        ef_construction: 80,
+        halfvec: false,
+    };
+    assert!(!params.matches(&store.index_definition().await.unwrap().unwrap()));
+    store.rebuild_index(params).await.unwrap();
+    writer.await.unwrap();
+    let def = store.index_definition().await.unwrap().unwrap();
+    assert!(params.matches(&def), "{def}");
+    let (rows, vectors): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audits), (SELECT count(*) FROM audit_embeddings)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows, vectors),
+        (300, 300),
+        "nothing lost during the rebuild"
+    );
+    // Exactly one HNSW index remains and it is valid.
+    let valid: Vec<bool> = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname LIKE 'audit_embeddings_hnsw%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(valid, vec![true]);
+
+    // halfvec: the expression index is built and used by the halfvec search.
+    let half = IndexParams {
+        m: 16,
+        ef_construction: 64,
+        halfvec: true,
+    };
+    store.rebuild_index(half).await.unwrap();
+    assert!(half.matches(&store.index_definition().await.unwrap().unwrap()));
+    let hits = store
+        .search(
+            &unit_vector(7),
+            &datastorage::store::search::AuditFilters::default(),
+            &datastorage::store::search::SearchParams {
+                limit: 1,
+                min_similarity: None,
+                ef_search: 40,
+                exclude_id: None,
+                halfvec: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(hits[0].similarity > 0.999, "{hits:?}");
+}
+
+#[tokio::test]
+async fn retention_drops_an_old_partition_but_keeps_legal_hold_rows() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let recent = prepared(&uuid::Uuid::new_v4().to_string(), 1, &spec("rr-recent"));
+    store
+        .write_audit(&AuditWrite {
+            prepared: &recent,
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE audit_history_2019_01 PARTITION OF audit_history FOR VALUES FROM ('2019-01-01') TO ('2019-02-01')")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // Two audits recorded in January 2019: one in a legal-hold namespace.
+    for (audit_id, ns) in [(9001_i64, "held"), (9002, "other")] {
+        let record = format!(r#"{{"namespace":"{ns}"}}"#);
+        let content = datastorage::audit::record::sha256_hex(record.as_bytes());
+        let chain = datastorage::audit::record::chain_hash("", &content);
+        sqlx::query(
+            "INSERT INTO audit_history (audit_id, cr_uid, namespace, generation, record, content_hash, prev_chain_hash,
+                 chain_hash, recorded_at)
+             VALUES ($1, $2, $3, 1, $4, $5, '', $6, '2019-01-15T00:00:00Z')",
+        )
+        .bind(audit_id)
+        .bind(uuid::Uuid::new_v4())
+        .bind(ns)
+        .bind(&record)
+        .bind(&content)
+        .bind(&chain)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let dropped = store
+        .apply_retention(365, &["held".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![("audit_history_2019_01".to_string(), 1)]);
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_history")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        live, 1,
+        "only the recent audit's history stays in the partitions"
+    );
+    let held = store.history(9001).await.unwrap();
+    assert_eq!(held.len(), 1, "legal-hold rows survive retention");
+    assert!(
+        store
+            .verify_chain_sql(9001)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.ok)
+    );
+    assert!(store.history(9002).await.unwrap().is_empty());
+    // Current partitions are never dropped; a second run is a no-op.
+    assert!(store.apply_retention(365, &[]).await.unwrap().is_empty());
+    let del = sqlx::query("DELETE FROM audit_history_legal_hold")
+        .execute(store.pool())
+        .await;
+    assert!(del.unwrap_err().to_string().contains("immutable"));
+}

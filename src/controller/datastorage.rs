@@ -8,6 +8,7 @@
 //! runtime to the audit controller and the query API → write the status. It runs again every minute (or sooner
 //! while something is wrong), so fixing a Secret or the database recovers without a restart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,10 +30,11 @@ use crate::audit::sanitize::HtmlPolicy;
 use crate::audit::status::set_condition;
 use crate::crd::{
     Condition, DataStorage, DataStorageSpec, DataStorageStatus, EmbeddingProvider, HtmlPolicySpec,
-    SecretKeyRef, StorePhase, parse_duration,
+    SecretKeyRef, StorePhase, VectorElementType, parse_duration,
 };
 use crate::embed::{self, Embedder};
 use crate::metrics::Metrics;
+use crate::store::index::IndexParams;
 use crate::store::versions::check_versions;
 use crate::store::{Store, StoreConfig};
 
@@ -50,6 +52,8 @@ pub struct DsContext {
     pub publish: watch::Sender<Option<Arc<StoreRuntime>>>,
     /// The store and embedder built for the current settings, reused while they do not change.
     cache: Mutex<Cached>,
+    /// Set while an HNSW index rebuild runs in the background.
+    index_rebuild: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -75,6 +79,7 @@ impl DsContext {
             default_model_dir,
             publish,
             cache: Mutex::new(Cached::default()),
+            index_rebuild: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -227,7 +232,8 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
                     }
                 }
                 if schema_ok {
-                    check_index(store, spec, &mut checks).await;
+                    check_index(ctx, store, spec, &mut checks).await;
+                    apply_retention(store, spec).await;
                     check_memory(store, &mut checks).await;
                 }
             }
@@ -287,6 +293,7 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
                     .as_deref()
                     .and_then(|t| parse_duration(t).ok()),
                 ef_search: spec.vector_index.ef_search,
+                halfvec: spec.vector_index.element_type == VectorElementType::Halfvec,
             }))
         }
         _ => None,
@@ -418,30 +425,47 @@ async fn migrate(store: &Store, spec: &DataStorageSpec) -> Result<i64, String> {
     Ok(version)
 }
 
-async fn check_index(store: &Store, spec: &DataStorageSpec, checks: &mut Checks) {
-    match store.index_definition().await {
-        Ok(Some(def)) => {
-            let want_m = format!("m='{}'", spec.vector_index.m);
-            let want_ef = format!("ef_construction='{}'", spec.vector_index.ef_construction);
-            if def.contains(&want_m) && def.contains(&want_ef) {
-                checks.set("IndexReady", true, "Ready", "HNSW index matches the spec");
-            } else {
-                checks.set(
-                    "IndexReady",
-                    false,
-                    "ParametersDiffer",
-                    format!("index is {def}"),
-                );
-            }
-        }
-        Ok(None) => checks.set(
+/// Compares the HNSW index with the spec; a difference starts a background rebuild (writes continue).
+async fn check_index(ctx: &DsContext, store: &Store, spec: &DataStorageSpec, checks: &mut Checks) {
+    let params = match IndexParams::from_spec(&spec.vector_index) {
+        Ok(p) => p,
+        Err(msg) => return checks.set("IndexReady", false, "InvalidSpec", msg),
+    };
+    if ctx.index_rebuild.load(Ordering::SeqCst) {
+        return checks.set(
             "IndexReady",
             false,
-            "Missing",
-            "the HNSW index does not exist",
-        ),
-        Err(e) => checks.set("IndexReady", false, "CheckFailed", e.to_string()),
+            "Rebuilding",
+            "the HNSW index is being rebuilt concurrently",
+        );
     }
+    let def = match store.index_definition().await {
+        Ok(def) => def,
+        Err(e) => return checks.set("IndexReady", false, "CheckFailed", e.to_string()),
+    };
+    if def.as_deref().is_some_and(|d| params.matches(d)) {
+        return checks.set("IndexReady", true, "Ready", "HNSW index matches the spec");
+    }
+    checks.set(
+        "IndexReady",
+        false,
+        "Rebuilding",
+        format!(
+            "rebuilding the HNSW index with m={}, efConstruction={}",
+            params.m, params.ef_construction
+        ),
+    );
+    ctx.index_rebuild.store(true, Ordering::SeqCst);
+    let store = store.clone();
+    let flag = ctx.index_rebuild.clone();
+    tokio::spawn(async move {
+        info!(?params, "rebuilding the HNSW index");
+        match store.rebuild_index(params).await {
+            Ok(()) => info!("HNSW index rebuilt"),
+            Err(e) => warn!(error = %e, "HNSW index rebuild failed; will retry"),
+        }
+        flag.store(false, Ordering::SeqCst);
+    });
 }
 
 /// Warns when `maintenance_work_mem` is smaller than the HNSW graph of the current embeddings (pgvector then
@@ -551,5 +575,20 @@ async fn probe_embedder(embedder: &dyn Embedder) -> Result<(), String> {
             "provider {} did not answer within 30s",
             embedder.model_id()
         )),
+    }
+}
+
+/// Drops history partitions older than `retention.days` (legal-hold namespaces' rows are kept).
+async fn apply_retention(store: &Store, spec: &DataStorageSpec) {
+    match store
+        .apply_retention(spec.retention.days, &spec.retention.legal_hold)
+        .await
+    {
+        Ok(dropped) => {
+            for (partition, held) in dropped {
+                info!(%partition, rows_kept_for_legal_hold = held, "retention dropped a history partition");
+            }
+        }
+        Err(e) => warn!(error = %e, "retention failed; will retry"),
     }
 }

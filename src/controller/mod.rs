@@ -39,6 +39,8 @@ pub struct StoreRuntime {
     /// Delete RemediationAudits this long after they were persisted.
     pub cr_ttl: Option<Duration>,
     pub ef_search: i32,
+    /// Vectors are indexed as halfvec (searches must use the matching expression).
+    pub halfvec: bool,
 }
 
 /// Shared by the controllers, the backfill and the HTTP servers.

@@ -15,6 +15,7 @@ use crate::audit::Prepared;
 use crate::audit::record::{self, ChainCheck, HistoryEntry};
 use crate::crd::TlsMode;
 
+pub mod index;
 pub mod search;
 pub mod versions;
 
@@ -358,7 +359,7 @@ impl Store {
     pub async fn history(&self, audit_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT generation, record, content_hash, prev_chain_hash, chain_hash
-             FROM audit_history WHERE audit_id = $1 ORDER BY generation, id",
+             FROM audit_history_all WHERE audit_id = $1 ORDER BY generation, id",
         )
         .bind(audit_id)
         .fetch_all(&self.pool)
@@ -404,6 +405,23 @@ impl Store {
             .bind(months_ahead.clamp(0, 120))
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// Drops history partitions entirely older than `days`, keeping `legal_hold` namespaces' rows in
+    /// `audit_history_legal_hold`. Returns `(partition, rows held)` per dropped partition.
+    pub async fn apply_retention(
+        &self,
+        days: i32,
+        legal_hold: &[String],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT dropped, rows_held FROM apply_retention($1, $2)")
+            .bind(days)
+            .bind(legal_hold)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("dropped")?, r.try_get("rows_held")?)))
+            .collect()
     }
 
     /// The definition of the HNSW index, if it exists.

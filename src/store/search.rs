@@ -51,6 +51,8 @@ pub struct SearchParams {
     pub ef_search: i32,
     /// Leave this audit out of the results (for "similar to audit N").
     pub exclude_id: Option<i64>,
+    /// Search the halfvec expression index (DataStorage `vectorIndex.elementType: halfvec`).
+    pub halfvec: bool,
 }
 
 impl Store {
@@ -74,45 +76,27 @@ impl Store {
         .bind(params.ef_search.clamp(1, 1000).to_string())
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "WITH c AS MATERIALIZED (
-                 SELECT e.audit_id, e.embedding <=> $1 AS distance
-                 FROM audit_embeddings e
-                 WHERE ($2::text[] IS NULL OR e.namespace = ANY($2))
-                 ORDER BY e.embedding <=> $1
-                 LIMIT $3
-             )
-             SELECT a.id, a.namespace, a.name, 1 - c.distance AS similarity, a.remediation_request_id, a.action_type,
-                    a.alert_name, a.phase, a.outcome, a.severity, a.cluster_name, a.target_resource, a.start_time,
-                    a.error_message
-             FROM c JOIN audits a ON a.id = c.audit_id
-             WHERE ($4::text IS NULL OR a.phase = $4)
-               AND ($5::text IS NULL OR a.outcome = $5)
-               AND ($6::text IS NULL OR a.severity = $6)
-               AND ($7::text IS NULL OR a.cluster_name = $7)
-               AND ($8::text IS NULL OR a.action_type = $8)
-               AND ($9::timestamptz IS NULL OR a.start_time >= $9)
-               AND ($10::timestamptz IS NULL OR a.start_time < $10)
-               AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
-               AND ($12::bigint IS NULL OR a.id <> $12)
-             ORDER BY c.distance, a.id
-             LIMIT $13",
-        )
-        .bind(Vector::from(query.to_vec()))
-        .bind(filters.namespaces.as_deref())
-        .bind(candidates)
-        .bind(filters.phase.as_deref())
-        .bind(filters.outcome.as_deref())
-        .bind(filters.severity.as_deref())
-        .bind(filters.cluster.as_deref())
-        .bind(filters.action_type.as_deref())
-        .bind(filters.since)
-        .bind(filters.until)
-        .bind(params.min_similarity)
-        .bind(params.exclude_id)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        let sql = if params.halfvec {
+            SEARCH_HALFVEC
+        } else {
+            SEARCH_VECTOR
+        };
+        let rows = sqlx::query(sql)
+            .bind(Vector::from(query.to_vec()))
+            .bind(filters.namespaces.as_deref())
+            .bind(candidates)
+            .bind(filters.phase.as_deref())
+            .bind(filters.outcome.as_deref())
+            .bind(filters.severity.as_deref())
+            .bind(filters.cluster.as_deref())
+            .bind(filters.action_type.as_deref())
+            .bind(filters.since)
+            .bind(filters.until)
+            .bind(params.min_similarity)
+            .bind(params.exclude_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         rows.into_iter().map(|r| hit(&r)).collect()
     }
@@ -152,6 +136,39 @@ impl Store {
         Ok(v.map(|v| v.to_vec()))
     }
 }
+
+/// Candidates from the index (namespace filtered inside the iterative scan), then the other filters, ordered by
+/// exact distance. One text per element type, so that each matches its index expression.
+macro_rules! search_sql {
+    ($distance:literal) => {
+        concat!(
+            "WITH c AS MATERIALIZED (
+                 SELECT e.audit_id, ", $distance, " AS distance
+                 FROM audit_embeddings e
+                 WHERE ($2::text[] IS NULL OR e.namespace = ANY($2))
+                 ORDER BY ", $distance, "
+                 LIMIT $3
+             )
+             SELECT a.id, a.namespace, a.name, 1 - c.distance AS similarity, a.remediation_request_id, a.action_type,
+                    a.alert_name, a.phase, a.outcome, a.severity, a.cluster_name, a.target_resource, a.start_time,
+                    a.error_message
+             FROM c JOIN audits a ON a.id = c.audit_id
+             WHERE ($4::text IS NULL OR a.phase = $4)
+               AND ($5::text IS NULL OR a.outcome = $5)
+               AND ($6::text IS NULL OR a.severity = $6)
+               AND ($7::text IS NULL OR a.cluster_name = $7)
+               AND ($8::text IS NULL OR a.action_type = $8)
+               AND ($9::timestamptz IS NULL OR a.start_time >= $9)
+               AND ($10::timestamptz IS NULL OR a.start_time < $10)
+               AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
+               AND ($12::bigint IS NULL OR a.id <> $12)
+             ORDER BY c.distance, a.id
+             LIMIT $13"
+        )
+    };
+}
+const SEARCH_VECTOR: &str = search_sql!("e.embedding <=> $1");
+const SEARCH_HALFVEC: &str = search_sql!("e.embedding::halfvec(384) <=> $1::halfvec(384)");
 
 fn hit(r: &sqlx::postgres::PgRow) -> Result<SearchHit, StoreError> {
     Ok(SearchHit {
