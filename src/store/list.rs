@@ -60,7 +60,11 @@ pub struct CursorError(&'static str);
 impl Cursor {
     /// Opaque text form: base64url (no padding) of `<start_time in µs since the epoch>.<id>`.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.start_time.timestamp_micros(), self.id))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}.{}",
+            self.start_time.timestamp_micros(),
+            self.id
+        ))
     }
 
     pub fn decode(s: &str) -> Result<Self, CursorError> {
@@ -119,7 +123,9 @@ impl Store {
                 q.push(" AND a.namespace = ").push_bind(one.clone());
             }
             Some(many) => {
-                q.push(" AND a.namespace = ANY(").push_bind(many.to_vec()).push(")");
+                q.push(" AND a.namespace = ANY(")
+                    .push_bind(many.to_vec())
+                    .push(")");
             }
             None => {}
         }
@@ -131,7 +137,10 @@ impl Store {
             ("a.action_type", &filters.action_type),
         ] {
             if let Some(v) = value {
-                q.push(" AND ").push(column).push(" = ").push_bind(v.clone());
+                q.push(" AND ")
+                    .push(column)
+                    .push(" = ")
+                    .push_bind(v.clone());
             }
         }
         if let Some(since) = filters.since {
@@ -151,10 +160,7 @@ impl Store {
         q.push(" ORDER BY a.start_time DESC, a.id DESC LIMIT ")
             .push_bind(limit + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows
-            .iter()
-            .map(audit_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
         let more = items.len() as i64 > limit;
         items.truncate(limit as usize);
         let next = if more {
