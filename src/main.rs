@@ -47,7 +47,7 @@ enum Command {
     /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
     Query {
         #[command(flatten)]
-        conn: datastorage::api::client::Connection,
+        conn: Box<datastorage::api::client::Connection>,
         #[command(subcommand)]
         command: datastorage::api::client::QueryCommand,
     },
