@@ -11,6 +11,7 @@
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`).
 
+pub mod api;
 pub mod audit;
 pub mod backfill;
 pub mod check;

@@ -44,6 +44,13 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
+    Query {
+        #[command(flatten)]
+        conn: Box<datastorage::api::client::Connection>,
+        #[command(subcommand)]
+        command: datastorage::api::client::QueryCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -57,6 +64,9 @@ struct RunArgs {
     /// Address of the operations endpoints.
     #[arg(long, env = "DATASTORAGE_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: std::net::SocketAddr,
+    /// Address of the query API (served by every replica).
+    #[arg(long, env = "DATASTORAGE_API_ADDR", default_value = "0.0.0.0:8080")]
+    api_addr: std::net::SocketAddr,
     /// Directory of the embedding model used when the DataStorage names none.
     #[arg(long, env = "DATASTORAGE_MODEL_DIR")]
     model_dir: Option<String>,
@@ -109,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     datastorage: args.datastorage,
                     namespace: args.namespace,
                     metrics_addr: args.metrics_addr,
+                    api_addr: args.api_addr,
                     model_dir: args.model_dir,
                 },
             )
@@ -144,6 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                 }
             }
+        }
+        Command::Query { conn, command } => {
+            Ok(datastorage::api::client::run(&conn, &command).await)
         }
         Command::Version => {
             println!("datastorage {}", env!("CARGO_PKG_VERSION"));

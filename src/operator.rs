@@ -18,6 +18,8 @@ pub struct Options {
     /// Watch RemediationAudits in this namespace only (`None`: all namespaces).
     pub namespace: Option<String>,
     pub metrics_addr: SocketAddr,
+    /// Where the query API (`/api/v1/…`, `/openapi.json`) is served; every replica serves it.
+    pub api_addr: SocketAddr,
     pub model_dir: Option<String>,
 }
 
@@ -25,6 +27,8 @@ pub struct Options {
 pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (useful with port 0).
     pub ops_addr: SocketAddr,
+    /// Where the query API is served (useful with port 0).
+    pub api_addr: SocketAddr,
     pub context: Arc<Context>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -48,6 +52,11 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     info!(addr = %ops_addr, "serving /metrics, /healthz, /readyz");
     let ops = axum::serve(listener, crate::http::ops_router(ctx.clone()));
 
+    let api_listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
+    let api_addr = api_listener.local_addr()?;
+    info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
+    let api = axum::serve(api_listener, crate::api::router(ctx.clone()));
+
     let task_ctx = ctx.clone();
     let task = tokio::spawn(async move {
         let backfill = tokio::spawn(crate::backfill::run(task_ctx.clone()));
@@ -56,6 +65,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             _ = datastorage::run(ds_ctx, opts.datastorage) => Ok(()),
             _ = audit::run(task_ctx, opts.namespace) => Ok(()),
             r = ops => r.map_err(anyhow::Error::from),
+            r = api => r.map_err(anyhow::Error::from),
         };
         backfill.abort();
         info!("stopped");
@@ -63,6 +73,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     });
     Ok(Running {
         ops_addr,
+        api_addr,
         context: ctx,
         task,
     })

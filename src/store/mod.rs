@@ -16,6 +16,7 @@ use crate::audit::record::{self, ChainCheck, HistoryEntry};
 use crate::crd::TlsMode;
 
 pub mod index;
+pub mod list;
 pub mod search;
 pub mod versions;
 

@@ -204,12 +204,19 @@ impl TestEnv {
                 datastorage: self.ns.clone(),
                 namespace: Some(self.ns.clone()),
                 metrics_addr: "127.0.0.1:0".parse().unwrap(),
+                api_addr: "127.0.0.1:0".parse().unwrap(),
                 model_dir: std::env::var("DATASTORAGE_MODEL_DIR").ok(),
             },
         )
         .await
         .unwrap();
         self.operator = Some(running);
+    }
+
+    /// Base URL of the in-process operator's query API, e.g. `http://127.0.0.1:41234`.
+    pub fn api_url(&self) -> String {
+        let op = self.operator.as_ref().expect("the operator is not running");
+        format!("http://{}", op.api_addr)
     }
 
     pub fn stop_operator(&mut self) {

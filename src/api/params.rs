@@ -1,0 +1,369 @@
+//! Parsing and validation of the query API's inputs: list query parameters and the search body. Every error is a
+//! 400 problem naming the parameter; unknown parameters are rejected too (a typo must not silently widen a query).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::problem::Problem;
+use crate::store::list::Cursor;
+use crate::store::search::AuditFilters;
+
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+pub const DEFAULT_SEARCH_LIMIT: i64 = 10;
+pub const MAX_LIMIT: i64 = 1000;
+const MAX_QUERY_CHARS: usize = 4096;
+
+const PHASES: [&str; 4] = ["Pending", "Processing", "Completed", "Failed"];
+const OUTCOMES: [&str; 5] = ["Success", "Failure", "Pending", "Running", "Unknown"];
+
+/// Filters as given by the caller (the namespace is kept apart: it is authorized before it becomes a filter).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    pub namespace: Option<String>,
+    pub filters: AuditFilters,
+}
+
+impl Filters {
+    /// Applies one filter parameter; `Ok(false)` when `key` is not a filter.
+    fn apply(&mut self, key: &str, value: &str) -> Result<bool, Problem> {
+        let f = &mut self.filters;
+        let text = |max: usize| -> Result<String, Problem> {
+            if value.is_empty() || value.len() > max {
+                return Err(Problem::bad_parameter(
+                    key,
+                    format!("{key} must be 1 to {max} bytes long"),
+                ));
+            }
+            Ok(value.to_string())
+        };
+        match key {
+            "namespace" => {
+                let ok = !value.is_empty()
+                    && value.len() <= 63
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !ok {
+                    return Err(Problem::bad_parameter(
+                        key,
+                        "namespace must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)",
+                    ));
+                }
+                self.namespace = Some(value.to_string());
+            }
+            "phase" => f.phase = Some(one_of(key, value, &PHASES)?),
+            "outcome" => f.outcome = Some(one_of(key, value, &OUTCOMES)?),
+            "severity" => f.severity = Some(text(50)?),
+            "cluster" => f.cluster = Some(text(255)?),
+            "actionType" => f.action_type = Some(text(100)?),
+            "since" => f.since = Some(time(key, value)?),
+            "until" => f.until = Some(time(key, value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn check_range(&self) -> Result<(), Problem> {
+        if let (Some(s), Some(u)) = (self.filters.since, self.filters.until)
+            && s > u
+        {
+            return Err(Problem::bad_parameter(
+                "until",
+                "until must not be before since",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<String, Problem> {
+    if allowed.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(Problem::bad_parameter(
+            key,
+            format!("{key} must be one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+fn time(key: &str, value: &str) -> Result<DateTime<Utc>, Problem> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            Problem::bad_parameter(
+                key,
+                format!("{key} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+            )
+        })
+}
+
+fn limit(key: &str, value: &str) -> Result<i64, Problem> {
+    match value.parse::<i64>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(Problem::bad_parameter(
+            key,
+            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// `GET /api/v1/audits`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRequest {
+    pub filters: Filters,
+    pub cursor: Option<Cursor>,
+    pub limit: i64,
+}
+
+pub fn parse_list(pairs: &[(String, String)]) -> Result<ListRequest, Problem> {
+    let mut req = ListRequest {
+        filters: Filters::default(),
+        cursor: None,
+        limit: DEFAULT_LIST_LIMIT,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in pairs {
+        if seen.contains(&key.as_str()) {
+            return Err(Problem::bad_parameter(
+                key,
+                format!("{key} is given more than once"),
+            ));
+        }
+        seen.push(key);
+        match key.as_str() {
+            "limit" => req.limit = limit(key, value)?,
+            "cursor" => {
+                req.cursor = Some(Cursor::decode(value).map_err(|e| {
+                    Problem::bad_parameter(
+                        "cursor",
+                        format!("{e}; pass the nextCursor of a previous page unchanged"),
+                    )
+                })?)
+            }
+            _ => {
+                if !req.filters.apply(key, value)? {
+                    return Err(Problem::bad_parameter(
+                        key,
+                        format!(
+                            "unknown parameter {key:?}; known: namespace, phase, outcome, severity, cluster, \
+                             actionType, since, until, limit, cursor"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    req.filters.check_range()?;
+    Ok(req)
+}
+
+/// What a search is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchQuery {
+    Text(String),
+    SimilarTo(i64),
+}
+
+/// `POST /api/v1/audits/search`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    pub query: SearchQuery,
+    pub filters: Filters,
+    pub limit: i64,
+    pub min_similarity: Option<f64>,
+}
+
+pub fn parse_search(body: &[u8]) -> Result<SearchRequest, Problem> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(Problem::bad_request("the body must be a JSON object"));
+    };
+    let mut filters = Filters::default();
+    let mut text = None;
+    let mut similar = None;
+    let mut lim = DEFAULT_SEARCH_LIMIT;
+    let mut min_similarity = None;
+    for (key, v) in &map {
+        if v.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "query" => {
+                let q = v
+                    .as_str()
+                    .map(str::trim)
+                    .filter(|q| !q.is_empty() && q.len() <= MAX_QUERY_CHARS)
+                    .ok_or_else(|| {
+                        Problem::bad_parameter(
+                            key,
+                            format!("query must be a non-empty string of at most {MAX_QUERY_CHARS} bytes"),
+                        )
+                    })?;
+                text = Some(q.to_string());
+            }
+            "similarToId" => {
+                similar = Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+                    Problem::bad_parameter(
+                        key,
+                        "similarToId must be a positive integer (an audit id)",
+                    )
+                })?)
+            }
+            "limit" => {
+                lim = v
+                    .as_i64()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_parameter(
+                            key,
+                            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "minSimilarity" => {
+                min_similarity = Some(v.as_f64().filter(|n| (-1.0..=1.0).contains(n)).ok_or_else(
+                    || Problem::bad_parameter(key, "minSimilarity must be a number from -1 to 1"),
+                )?)
+            }
+            _ => {
+                let Some(s) = v.as_str() else {
+                    return Err(if is_filter(key) {
+                        Problem::bad_parameter(key, format!("{key} must be a string"))
+                    } else {
+                        unknown_field(key)
+                    });
+                };
+                if !filters.apply(key, s)? {
+                    return Err(unknown_field(key));
+                }
+            }
+        }
+    }
+    filters.check_range()?;
+    let query = match (text, similar) {
+        (Some(t), None) => SearchQuery::Text(t),
+        (None, Some(id)) => SearchQuery::SimilarTo(id),
+        _ => {
+            return Err(Problem::bad_parameter(
+                "query",
+                "give exactly one of query (free text) and similarToId (an audit id)",
+            ));
+        }
+    };
+    Ok(SearchRequest {
+        query,
+        filters,
+        limit: lim,
+        min_similarity,
+    })
+}
+
+fn is_filter(key: &str) -> bool {
+    matches!(
+        key,
+        "namespace"
+            | "phase"
+            | "outcome"
+            | "severity"
+            | "cluster"
+            | "actionType"
+            | "since"
+            | "until"
+    )
+}
+
+fn unknown_field(key: &str) -> Problem {
+    Problem::bad_parameter(
+        key,
+        format!(
+            "unknown field {key:?}; known: query, similarToId, limit, minSimilarity, namespace, phase, outcome, \
+             severity, cluster, actionType, since, until"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn param_of(r: Result<impl std::fmt::Debug, Problem>) -> String {
+        match r {
+            Err(p) => {
+                assert_eq!(p.status, 400);
+                p.parameter.unwrap_or_default()
+            }
+            Ok(v) => format!("accepted: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn list_parameters_are_validated_and_named() {
+        let ok = parse_list(&pairs(&[
+            ("namespace", "payments"),
+            ("phase", "Completed"),
+            ("since", "2026-01-01T00:00:00Z"),
+            ("limit", "10"),
+        ]));
+        let ok = ok.unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(ok.limit, 10);
+        assert_eq!(ok.filters.namespace.as_deref(), Some("payments"));
+        assert_eq!(ok.filters.filters.phase.as_deref(), Some("Completed"));
+        assert_eq!(parse_list(&[]).map(|r| r.limit), Ok(DEFAULT_LIST_LIMIT));
+        for (k, v, named) in [
+            ("limit", "0", "limit"),
+            ("limit", "1001", "limit"),
+            ("limit", "ten", "limit"),
+            ("cursor", "garbage!", "cursor"),
+            ("phase", "completed", "phase"),
+            ("since", "yesterday", "since"),
+            ("namespace", "Bad_NS", "namespace"),
+            ("nmespace", "a", "nmespace"),
+        ] {
+            assert_eq!(param_of(parse_list(&pairs(&[(k, v)]))), named, "{k}={v}");
+        }
+        assert_eq!(
+            param_of(parse_list(&pairs(&[
+                ("since", "2026-02-01T00:00:00Z"),
+                ("until", "2026-01-01T00:00:00Z")
+            ]))),
+            "until"
+        );
+        assert_eq!(
+            param_of(parse_list(&pairs(&[("limit", "1"), ("limit", "2")]))),
+            "limit"
+        );
+    }
+
+    #[test]
+    fn search_body_is_validated_and_named() {
+        let r = parse_search(
+            br#"{"query":"pod OOM killed","namespace":"a","limit":5,"minSimilarity":0.2}"#,
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(r.query, SearchQuery::Text("pod OOM killed".into()));
+        assert_eq!((r.limit, r.min_similarity), (5, Some(0.2)));
+        let r = parse_search(br#"{"similarToId":7}"#).unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(r.query, SearchQuery::SimilarTo(7));
+        for (body, named) in [
+            (r#"{}"#, "query"),
+            (r#"{"query":"a","similarToId":1}"#, "query"),
+            (r#"{"query":""}"#, "query"),
+            (r#"{"similarToId":0}"#, "similarToId"),
+            (r#"{"query":"a","limit":0}"#, "limit"),
+            (r#"{"query":"a","minSimilarity":2}"#, "minSimilarity"),
+            (r#"{"query":"a","phase":3}"#, "phase"),
+            (r#"{"query":"a","colour":"red"}"#, "colour"),
+        ] {
+            assert_eq!(param_of(parse_search(body.as_bytes())), named, "{body}");
+        }
+        assert_eq!(parse_search(b"[1]").map_err(|p| p.status), Err(400));
+    }
+}
