@@ -51,10 +51,20 @@ pub const REQUIRED: &[Permission] = &[
         Scope::Cluster,
     ),
     // controller/audit.rs `set_status`: `api.patch_status`.
-    p(GROUP, "remediationaudits/status", &["patch"], Scope::Cluster),
+    p(
+        GROUP,
+        "remediationaudits/status",
+        &["patch"],
+        Scope::Cluster,
+    ),
     // controller/datastorage.rs: `Controller::new(Api<DataStorage>::all, fields(metadata.name=..))` (list + watch;
     // get by name).
-    p(GROUP, "datastorages", &["get", "list", "watch"], Scope::Cluster),
+    p(
+        GROUP,
+        "datastorages",
+        &["get", "list", "watch"],
+        Scope::Cluster,
+    ),
     // controller/datastorage.rs: readiness conditions via `api.patch_status`.
     p(GROUP, "datastorages/status", &["patch"], Scope::Cluster),
     // Query API: bearer-token authentication (TokenReview) ...
