@@ -9,14 +9,14 @@ export DATASTORAGE_CACHE ?= $(HOME)/.cache/datastorage
 export CARGO_TARGET_DIR ?= $(DATASTORAGE_CACHE)/target-rust-$(RUST_VERSION)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help setup build release crds lint test test-unit test-faults demo demo-down bench clean-cache
+.PHONY: help setup build release crds chart-files lint test test-unit test-faults demo demo-down bench clean-cache
 
 help:
 	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
 	@echo "make demo-down  stop everything the demo started"
 	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes"
 	@echo "make bench      benchmarks (release build) -> target/bench/results.json, docs/benchmarks.md"
-	@echo "make crds       regenerate crds/ from the Rust types"
+	@echo "make crds       regenerate crds/ from the Rust types (and the Helm chart's copies)"
 	@echo "make setup      install everything the other targets need (idempotent)"
 
 setup:
@@ -28,8 +28,19 @@ build: setup
 release: setup
 	cargo build --release --bins
 
+CHART := charts/datastorage-operator
+
 crds:
 	cargo run --quiet --bin datastorage -- crd --out-dir crds
+	@$(MAKE) --no-print-directory chart-files
+
+# The chart ships byte-copies of the CRDs, the dashboard and the alert rules (tests fail when they drift).
+chart-files:
+	mkdir -p $(CHART)/files/crds
+	rm -f $(CHART)/files/crds/*.yaml
+	cp crds/*.yaml $(CHART)/files/crds/
+	cp config/grafana/datastorage-dashboard.json $(CHART)/files/
+	cp config/prometheus/alerts.yaml $(CHART)/files/
 
 lint:
 	cargo fmt --all -- --check

@@ -9,7 +9,8 @@
 //!   DataStorage controller.
 //! - [`store`]: PostgreSQL (migrations, the write transaction, verification, versions).
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
-//! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`).
+//! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
+//!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
 pub mod api;
 pub mod audit;
@@ -21,4 +22,5 @@ pub mod embed;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod rbac;
 pub mod store;

@@ -14,7 +14,29 @@ fn checked_in_crds_match_the_rust_types() {
             checked_in == generated,
             "{path} differs from what `datastorage crd` prints: run `make crds` and commit the result"
         );
+        // The Helm chart ships byte-copies (rendered from templates/crds.yaml so upgrades update them).
+        let chart_path = format!(
+            "{}/charts/datastorage-operator/files/crds/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let chart_copy = std::fs::read_to_string(&chart_path)
+            .unwrap_or_else(|e| panic!("{chart_path}: {e}; run `make crds`"));
+        assert!(
+            chart_copy == generated,
+            "{chart_path} differs from what `datastorage crd` prints: run `make crds` and commit the result"
+        );
     }
+    let chart_files = std::fs::read_dir(format!(
+        "{}/charts/datastorage-operator/files/crds",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(
+        chart_files,
+        crd_documents().unwrap().len(),
+        "stale CRD files in the chart: run `make crds`"
+    );
 }
 
 /// Walks a schema and returns every problem that makes it non-structural or noisy.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use datastorage::store::{Store, StoreConfig};
 
+pub mod chart;
 pub mod kube;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};

@@ -1,0 +1,95 @@
+//! Every Kubernetes permission the operator needs, derived from the API calls in the code. The Helm chart's
+//! ClusterRole and Role grant exactly these (checked by `tests/rbac.rs`, which renders the chart with `helm
+//! template`, and `tests/helm.rs`, which asks the real apiserver with `kubectl auth can-i`).
+//!
+//! When a controller starts making a new call, add it here (next to a note of where the call is) and in
+//! `charts/datastorage-operator/templates/rbac.yaml`; the tests fail until both agree.
+
+/// Where a permission is granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// ClusterRole + ClusterRoleBinding (cluster-scoped resources, or namespaced ones in every namespace).
+    Cluster,
+    /// Role + RoleBinding in the release namespace (the operator's own namespace).
+    ReleaseNamespace,
+}
+
+/// One RBAC rule: API group (`""` = core), resource (`x/status` for a subresource), verbs, scope.
+#[derive(Clone, Copy, Debug)]
+pub struct Permission {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub scope: Scope,
+}
+
+const fn p(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    scope: Scope,
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verbs,
+        scope,
+    }
+}
+
+const GROUP: &str = "datastorage.kubernaut.ai";
+
+/// Every permission the operator uses. Keep sorted by scope, group, resource.
+pub const REQUIRED: &[Permission] = &[
+    // controller/audit.rs: `Controller::new(Api<RemediationAudit>, ..)` (list + watch, all namespaces unless
+    // `--namespace`); finalizer and TTL annotation patches (`api.patch`), TTL expiry (`api.delete`); the query API
+    // reads single audits (`get`).
+    p(
+        GROUP,
+        "remediationaudits",
+        &["delete", "get", "list", "patch", "watch"],
+        Scope::Cluster,
+    ),
+    // controller/audit.rs `set_status`: `api.patch_status`.
+    p(
+        GROUP,
+        "remediationaudits/status",
+        &["patch"],
+        Scope::Cluster,
+    ),
+    // controller/datastorage.rs: `Controller::new(Api<DataStorage>::all, fields(metadata.name=..))` (list + watch;
+    // get by name).
+    p(
+        GROUP,
+        "datastorages",
+        &["get", "list", "watch"],
+        Scope::Cluster,
+    ),
+    // controller/datastorage.rs: readiness conditions via `api.patch_status`.
+    p(GROUP, "datastorages/status", &["patch"], Scope::Cluster),
+    // Query API: bearer-token authentication (TokenReview) ...
+    p(
+        "authentication.k8s.io",
+        "tokenreviews",
+        &["create"],
+        Scope::Cluster,
+    ),
+    // ... and per-namespace authorization (SubjectAccessReview: can the caller list remediationaudits there?).
+    p(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        &["create"],
+        Scope::Cluster,
+    ),
+    // controller/datastorage.rs `read_secret`: `Api<Secret>::namespaced(..).get_opt(name)` for the database URL,
+    // the embedding API key and the Redis URL. The chart only grants this in the release namespace, so every
+    // Secret a DataStorage references must live there.
+    p("", "secrets", &["get"], Scope::ReleaseNamespace),
+    // Leader election (only the leader writes): the Lease in the release namespace.
+    p(
+        "coordination.k8s.io",
+        "leases",
+        &["create", "get", "update"],
+        Scope::ReleaseNamespace,
+    ),
+];

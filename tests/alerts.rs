@@ -1,0 +1,351 @@
+//! The alert rules with the real `promtool`: syntax (`check rules`), unit tests with a firing and a quiet case per
+//! alert (`test rules config/prometheus/alerts_test.yaml`), the exposition format of a real `/metrics` scrape
+//! (`check metrics`), and HighWriteErrorRate evaluated on counters scraped from a real operator whose database
+//! went away.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use datastorage::embed::EmbedMetrics;
+use datastorage::metrics::Metrics;
+use serde_json::{Value, json};
+use support::chart::{kubebin, repo_path, run, run_raw};
+use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn alert_rules() -> Vec<Value> {
+    let doc: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_path("config/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect()
+}
+
+fn alert_expr(name: &str) -> String {
+    alert_rules()
+        .into_iter()
+        .find(|r| r["alert"] == name)
+        .unwrap_or_else(|| panic!("no alert {name}"))["expr"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn promtool_checks_the_rules_and_runs_their_unit_tests() {
+    let promtool = kubebin("promtool");
+    let rules = repo_path("config/prometheus/alerts.yaml");
+    let out = run(&promtool, &["check", "rules", rules.to_str().unwrap()]);
+    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    let tests = repo_path("config/prometheus/alerts_test.yaml");
+    run(&promtool, &["test", "rules", tests.to_str().unwrap()]);
+}
+
+#[test]
+fn every_alert_of_the_spec_has_a_firing_and_a_quiet_test_case() {
+    let tests: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_path("config/prometheus/alerts_test.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut firing = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for t in tests["tests"].as_array().unwrap() {
+        for c in t["alert_rule_test"].as_array().unwrap() {
+            let name = c["alertname"].as_str().unwrap().to_string();
+            if c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                firing.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "HighWriteErrorRate",
+        "PostgreSQLFailure",
+        "HighQueryErrorRate",
+        "VectorDegraded",
+        "LowCacheHitRate",
+        "SlowSemanticSearch",
+    ]
+    .map(String::from)
+    .into();
+    let defined: BTreeSet<String> = alert_rules()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(defined, expected);
+    assert_eq!(firing, expected, "firing cases");
+    assert_eq!(quiet, expected, "quiet cases");
+}
+
+#[test]
+fn alerts_have_severity_and_a_runbook_section() {
+    let runbook = std::fs::read_to_string(repo_path("docs/runbook.md")).unwrap();
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase().replace(' ', "-"))
+        .collect();
+    for r in alert_rules() {
+        let name = r["alert"].as_str().unwrap();
+        let severity = r["labels"]["severity"].as_str().unwrap();
+        assert!(["critical", "warning"].contains(&severity), "{name}");
+        let url = r["annotations"]["runbook_url"].as_str().unwrap();
+        let anchor = url
+            .split_once("docs/runbook.md#")
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url}"))
+            .1;
+        assert_eq!(anchor, name.to_lowercase(), "{name}");
+        assert!(
+            anchors.contains(anchor),
+            "{name}: no section #{anchor} in docs/runbook.md"
+        );
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition; panics with its findings.
+fn promtool_check_metrics(exposition: &str) {
+    let mut child = Command::new(kubebin("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_exposition_of_every_metric_passes_promtool_check_metrics() {
+    let m = Metrics::new().unwrap();
+    let e = EmbedMetrics::register(&m.registry).unwrap();
+    m.write_total
+        .with_label_values(&["audits", "failure"])
+        .inc();
+    m.write_duration
+        .with_label_values(&["audits"])
+        .observe(0.01);
+    m.dualwrite_failure.with_label_values(&["timeout"]).inc();
+    m.validation_failures
+        .with_label_values(&["actionType", "required"])
+        .inc();
+    m.query_total.with_label_values(&["search", "error"]).inc();
+    m.query_duration.with_label_values(&["search"]).observe(0.2);
+    m.reconcile_total.with_label_values(&["audit", "ok"]).inc();
+    m.reconcile_duration
+        .with_label_values(&["audit"])
+        .observe(0.01);
+    m.redactions.with_label_values(&["bearer_token"]).inc();
+    m.pool_connections.with_label_values(&["idle"]).set(1);
+    e.generation_seconds.observe(0.02);
+    let text = m.render();
+    assert!(text.contains("datastorage_embedding_generation_duration_seconds_bucket"));
+    promtool_check_metrics(&text);
+    // And the checker can fail.
+    let out = {
+        let mut child = Command::new(kubebin("promtool"))
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"# TYPE bad_counter counter\nbad_counter 1\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        !out.status.success(),
+        "promtool accepts a counter without _total"
+    );
+}
+
+/// `datastorage_write_total` samples of an exposition, keyed by their label set.
+fn write_totals(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("datastorage_write_total{"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Evaluates `count(<HighWriteErrorRate expr>)` with `promtool test rules` on series that start at `before`,
+/// reach `after` one minute later and keep growing at that pace; returns whether the expression is non-empty
+/// (i.e. the alert condition holds). Panics when promtool itself fails for another reason.
+fn high_write_error_rate_holds(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> bool {
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let series: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let v0 = before.get(name).copied().unwrap_or(0.0);
+            let v1 = after.get(name).copied().unwrap_or(0.0);
+            let values: Vec<String> = (0..=8)
+                .map(|i| {
+                    if i == 0 {
+                        v0.to_string()
+                    } else {
+                        (v1 + (v1 - v0) * f64::from(i - 1)).to_string()
+                    }
+                })
+                .collect();
+            json!({"series": name, "values": values.join(" ")})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("empty_rules.yaml");
+    std::fs::write(&rules, "groups: []\n").unwrap();
+    let case = |exp: Value| {
+        json!({
+            "rule_files": [rules.to_str().unwrap()],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [{
+                    "expr": format!("count({})", alert_expr("HighWriteErrorRate")),
+                    "eval_time": "6m",
+                    "exp_samples": exp,
+                }],
+            }],
+        })
+    };
+    let file = dir.path().join("derived_test.yaml");
+    std::fs::write(
+        &file,
+        case(json!([{"labels": "{}", "value": 1}])).to_string(),
+    )
+    .unwrap();
+    let holds = run_raw(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
+    std::fs::write(&file, case(json!([])).to_string()).unwrap();
+    let quiet = run_raw(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
+    assert!(
+        holds.status.success() != quiet.status.success(),
+        "exactly one of the two expectations must pass:\n{}\n{}",
+        String::from_utf8_lossy(&holds.stdout),
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+    holds.status.success()
+}
+
+async fn scrape(env: &TestEnv) -> String {
+    let addr = env.operator.as_ref().unwrap().ops_addr;
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_makes_high_write_error_rate_hold_on_real_counters() {
+    // A private PostgreSQL, so stopping it does not disturb other tests.
+    let pg_dir = tempfile::Builder::new()
+        .prefix("ds-alerts-")
+        .tempdir()
+        .unwrap();
+    let pg = |cmd: &str| {
+        let out = Command::new(repo_path("hack/pg.sh"))
+            .arg(cmd)
+            .env("PG_DIR", pg_dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let url = pg("up");
+    let env = TestEnv::with(
+        "alerts",
+        EnvOptions {
+            url: Some(url),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let initial = scrape(&env).await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("ok", "rr-alerts-0", "")),
+    );
+    env.wait_state("ok", "Persisted", WAIT).await;
+    let healthy = scrape(&env).await;
+    promtool_check_metrics(&healthy);
+    assert!(
+        !high_write_error_rate_holds(&write_totals(&initial), &write_totals(&healthy)),
+        "HighWriteErrorRate holds although every write succeeded"
+    );
+
+    pg("stop");
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("during", "rr-alerts-1", "")),
+    );
+    env.wait_state("during", "Retrying", WAIT).await;
+    let failing = eventually(WAIT, "datastorage_write_total{status=failure} > 0", || {
+        let env = &env;
+        async move {
+            let text = scrape(env).await;
+            write_totals(&text)
+                .iter()
+                .any(|(k, v)| k.contains(r#"status="failure""#) && *v > 0.0)
+                .then_some(text)
+        }
+    })
+    .await;
+    promtool_check_metrics(&failing);
+    assert!(
+        high_write_error_rate_holds(&write_totals(&healthy), &write_totals(&failing)),
+        "HighWriteErrorRate does not hold on the counters of a failing write:\n{failing}"
+    );
+    drop(env);
+    pg("down");
+}

@@ -1,0 +1,369 @@
+//! The Helm chart on the real control plane (tests/support/kube.rs): lint, server-side validation of every
+//! rendered object, install, RBAC sufficiency and least privilege of the chart's ServiceAccount (`kubectl auth
+//! can-i`), an upgrade that changes a CRD, and uninstall. There is no kubelet, so pods never start: this tests the
+//! objects, not the running operator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use datastorage::rbac::{REQUIRED, Scope};
+use serde_json::Value;
+use support::chart::{chart_dir, documents, kubebin, of_kind, repo_path, run, run_raw};
+use support::kube::{ensure_crds, kubeconfig, kubectl, kubectl_raw};
+
+/// Minimal CRDs named like the Prometheus Operator's, so the monitoring templates render (the chart checks
+/// `.Capabilities.APIVersions.Has "monitoring.coreos.com/v1"`) and their objects are accepted by the apiserver.
+fn monitoring_crds() -> String {
+    ["servicemonitors:ServiceMonitor", "prometheusrules:PrometheusRule"]
+        .iter()
+        .map(|pk| {
+            let (plural, kind) = pk.split_once(':').unwrap();
+            format!(
+                "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: \
+                 {plural}.monitoring.coreos.com\nspec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  \
+                 names: {{plural: {plural}, kind: {kind}, singular: {}, listKind: {kind}List}}\n  versions:\n  \
+                 - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        \
+                 type: object\n        properties:\n          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+                kind.to_lowercase()
+            )
+        })
+        .collect()
+}
+
+fn helm(args: &[&str]) -> String {
+    let mut full = vec!["--kubeconfig", Box::leak(kubeconfig().into_boxed_str())];
+    full.extend_from_slice(args);
+    run(&kubebin("helm"), &full)
+}
+
+fn can_i(sa: &str, verb: &str, resource: &str, extra: &[&str]) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+    args.extend_from_slice(extra);
+    let out = kubectl_raw(&args, None);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!(
+            "kubectl {args:?}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn helm_lint_passes_and_the_schema_rejects_bad_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    run(&kubebin("helm"), &["lint", "--strict", chart]);
+    run(
+        &kubebin("helm"),
+        &[
+            "lint",
+            "--strict",
+            chart,
+            "--set",
+            "dataStorage.create=true,database.url=postgres://u:p@db:5432/audit",
+        ],
+    );
+    for bad in [
+        "replicaCount=0",
+        "operator.logFormat=xml",
+        "unknownKey=1",
+        "database.url=mysql://x",
+    ] {
+        let out = run_raw(&kubebin("helm"), &["lint", chart, "--set", bad]);
+        assert!(!out.status.success(), "values.schema.json accepts {bad}");
+    }
+    // A DataStorage needs a database.
+    let out = run_raw(
+        &kubebin("helm"),
+        &["template", "x", chart, "--set", "dataStorage.create=true"],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
+    let docs = documents(&support::chart::template(&[]));
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert!(of_kind(&docs, kind).is_empty(), "{kind} without the API");
+    }
+    let docs = documents(&support::chart::template(&[
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+    ]));
+    assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 1);
+    assert_eq!(of_kind(&docs, "PrometheusRule").len(), 1);
+    let dash: Vec<_> = of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dash.len(), 1);
+    let json: Value = serde_json::from_str(
+        dash[0]["data"]["datastorage-dashboard.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["panels"].as_array().unwrap().len(), 13);
+    let rules = &of_kind(&docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"];
+    assert_eq!(rules.as_array().unwrap().len(), 6);
+
+    let d = of_kind(&docs, "Deployment")[0];
+    assert_eq!(d["spec"]["replicas"], 3);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["args"][0], "run");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let ports: Vec<i64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [8080, 8081]);
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let svc = of_kind(&docs, "Service")[0];
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
+    assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 1);
+    assert_eq!(of_kind(&docs, "CustomResourceDefinition").len(), 2);
+    let none = documents(&support::chart::template(&["--set", "crds.install=false"]));
+    assert!(of_kind(&none, "CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
+    ensure_crds();
+    kubectl(&["apply", "-f", "-"], Some(&monitoring_crds()));
+    kubectl(
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ],
+        None,
+    );
+    let ns = format!("helm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    kubectl(&["create", "namespace", &ns], None);
+    let chart = chart_dir();
+    let values = format!(
+        "dataStorage.create=true,database.url=postgres://u:p@db.{ns}:5432/audit,operator.dataStorageName={ns}"
+    );
+
+    // Every rendered object passes server-side validation.
+    let rendered = helm(&[
+        "template",
+        "ds",
+        chart.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+        "--set",
+        &values,
+    ]);
+    let docs = documents(&rendered);
+    assert!(docs.len() >= 17, "{} objects", docs.len());
+    let out = kubectl(
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&rendered),
+    );
+    assert_eq!(
+        out.lines().count(),
+        docs.len(),
+        "every object validated:\n{out}"
+    );
+
+    // Install (the CRDs already exist from other suites: take them over).
+    helm(&[
+        "install",
+        "ds",
+        chart.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--take-ownership",
+        "--set",
+        &values,
+    ]);
+    for obj in [
+        "deployment/ds-datastorage-operator",
+        "service/ds-datastorage-operator",
+        "serviceaccount/ds-datastorage-operator",
+        "configmap/ds-datastorage-operator",
+        "configmap/ds-datastorage-operator-dashboard",
+        "secret/ds-datastorage-operator-db",
+        "servicemonitor/ds-datastorage-operator",
+        "prometheusrule/ds-datastorage-operator",
+        "networkpolicy/ds-datastorage-operator",
+        "poddisruptionbudget/ds-datastorage-operator",
+        "role/ds-datastorage-operator",
+        "rolebinding/ds-datastorage-operator",
+    ] {
+        kubectl(&["-n", &ns, "get", obj], None);
+    }
+    let secret_ref = kubectl(
+        &[
+            "get",
+            "datastorage",
+            &ns,
+            "-o",
+            "jsonpath={.spec.database.urlSecretRef.namespace}/{.spec.database.urlSecretRef.name}",
+        ],
+        None,
+    );
+    assert_eq!(secret_ref, format!("{ns}/ds-datastorage-operator-db"));
+
+    // RBAC: the ServiceAccount can do everything the code needs, and not more.
+    let token = kubectl(
+        &["-n", &ns, "create", "token", "ds-datastorage-operator"],
+        None,
+    );
+    assert!(token.trim().split('.').count() == 3, "a JWT");
+    let sa = format!("system:serviceaccount:{ns}:ds-datastorage-operator");
+    for p in REQUIRED {
+        let (resource, sub) = match p.resource.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (p.resource, None),
+        };
+        let full = if p.group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{}", p.group)
+        };
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(s) = sub {
+            extra.push(format!("--subresource={s}"));
+        }
+        match p.scope {
+            Scope::Cluster => extra.push("--all-namespaces".into()),
+            Scope::ReleaseNamespace => extra.extend(["-n".into(), ns.clone()]),
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        for verb in p.verbs {
+            assert!(
+                can_i(&sa, verb, &full, &extra),
+                "the chart's ServiceAccount may not {verb} {full} {extra:?}"
+            );
+        }
+    }
+    let other = ["-n", "default"];
+    let here = ["-n", ns.as_str()];
+    for (verb, resource, extra) in [
+        ("get", "secrets", &other[..]),
+        ("list", "secrets", &here[..]),
+        ("delete", "secrets", &here[..]),
+        ("list", "pods", &here[..]),
+        ("create", "pods", &here[..]),
+        (
+            "create",
+            "remediationaudits.datastorage.kubernaut.ai",
+            &here[..],
+        ),
+        (
+            "update",
+            "remediationaudits.datastorage.kubernaut.ai",
+            &here[..],
+        ),
+        ("delete", "datastorages.datastorage.kubernaut.ai", &[][..]),
+        (
+            "update",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            &[][..],
+        ),
+        ("delete", "leases.coordination.k8s.io", &here[..]),
+        ("get", "leases.coordination.k8s.io", &other[..]),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            &[][..],
+        ),
+    ] {
+        assert!(
+            !can_i(&sa, verb, resource, extra),
+            "the chart's ServiceAccount may {verb} {resource} {extra:?}"
+        );
+    }
+
+    // Upgrade with a chart whose DataStorage CRD has one more field: the apiserver's CRD gets it.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("datastorage-operator");
+    let cp = std::process::Command::new("cp")
+        .args(["-r", chart.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let crd_file = copy.join("files/crds/datastorages.datastorage.kubernaut.ai.yaml");
+    let mut crd: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeProbe"] =
+        serde_json::json!({"type": "string", "description": "added by tests/helm.rs"});
+    std::fs::write(&crd_file, crd.to_string()).unwrap();
+    helm(&[
+        "upgrade",
+        "ds",
+        copy.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--set",
+        &values,
+    ]);
+    let field = kubectl(
+        &[
+            "get",
+            "crd",
+            "datastorages.datastorage.kubernaut.ai",
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.upgradeProbe.type}",
+        ],
+        None,
+    );
+    assert_eq!(field, "string", "helm upgrade did not update the CRD");
+    let revision = helm(&["status", "ds", "-n", &ns, "-o", "json"]);
+    let status: Value = serde_json::from_str(&revision).unwrap();
+    assert_eq!(status["version"], 2);
+    assert_eq!(status["info"]["status"], "deployed");
+
+    // Uninstall: the release's objects go, the CRDs stay (helm.sh/resource-policy: keep).
+    helm(&["uninstall", "ds", "-n", &ns, "--wait"]);
+    let gone = kubectl_raw(
+        &["-n", &ns, "get", "deployment/ds-datastorage-operator"],
+        None,
+    );
+    assert!(
+        !gone.status.success(),
+        "the Deployment survived helm uninstall"
+    );
+    let gone = kubectl_raw(&["get", "clusterrole/ds-datastorage-operator"], None);
+    assert!(
+        !gone.status.success(),
+        "the ClusterRole survived helm uninstall"
+    );
+    kubectl(
+        &["get", "crd", "datastorages.datastorage.kubernaut.ai"],
+        None,
+    );
+
+    // Leave the shared control plane as the other suites expect it.
+    for file in std::fs::read_dir(repo_path("crds")).unwrap() {
+        let path = file.unwrap().path();
+        kubectl(&["replace", "-f", path.to_str().unwrap()], None);
+    }
+    let _ = kubectl_raw(&["delete", "datastorage", &ns, "--wait=false"], None);
+    let _ = kubectl_raw(&["delete", "namespace", &ns, "--wait=false"], None);
+}
