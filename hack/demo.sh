@@ -53,7 +53,8 @@ up() {
 
   say "Starting the operator (log: $DEMO_DIR/operator.log)"
   model_dir="$(hack/python-deps.sh model-dir)"
-  setsid "$BIN" run --metrics-addr "127.0.0.1:${DEMO_METRICS_PORT:-18081}" --model-dir "$model_dir" \
+  setsid "$BIN" run --metrics-addr "127.0.0.1:${DEMO_METRICS_PORT:-18081}" \
+    --api-addr "127.0.0.1:${DEMO_API_PORT:-18080}" --model-dir "$model_dir" \
     >"$DEMO_DIR/operator.log" 2>&1 < /dev/null &
   echo $! > "$DEMO_DIR/operator.pid"
   for _ in $(seq 1 120); do
@@ -69,15 +70,16 @@ up() {
   done
   kubectl apply -f config/samples/audits.yaml -f config/samples/invalid-audits.yaml
   for _ in $(seq 1 120); do
-    pending="$(kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.state}{"\n"}{end}' \
-      | grep -cvE '^(Persisted|Rejected)$' || true)"
+    states="$(kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.state}{"\n"}{end}')"
+    pending="$(grep -cvE '^(Persisted|Rejected)$' <<<"$states" || true)"
     [[ "$pending" == "0" ]] && break
     sleep 0.5
   done
 
   # Vectors that missed the write's time budget are added by the backfill within seconds.
   for _ in $(seq 1 60); do
-    kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.embedding}{"\n"}{end}' | grep -q '^Pending$' || break
+    states="$(kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.embedding}{"\n"}{end}')"
+    grep -q '^Pending$' <<<"$states" || break
     sleep 1
   done
 
@@ -91,16 +93,25 @@ up() {
   hack/pg.sh psql -d postgres -Atc \
     "SELECT name || ': ' || error_message FROM datastorage.audits WHERE name = 'image-pull-backoff-fix'"
 
-  say "Semantic search: \"pod keeps getting OOM killed\""
-  if "$BIN" query --help >/dev/null 2>&1; then
-    "$BIN" query search "pod keeps getting OOM killed" -A || true
-  else
-    echo "(the query API is not built yet; the vectors are stored — see the Embedded column above)"
-  fi
+  say "Semantic search: \"pod keeps getting OOM killed\" (as a ServiceAccount allowed to list audits)"
+  kubectl -n datastorage-system create serviceaccount demo-reader --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl create clusterrole audit-reader --verb=list,get --resource=remediationaudits.datastorage.kubernaut.ai \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl create clusterrolebinding demo-reader --clusterrole=audit-reader \
+    --serviceaccount=datastorage-system:demo-reader --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  token="$(kubectl -n datastorage-system create token demo-reader)"
+  # The demo cluster has no pod network, so the CLI talks to the API directly instead of the service proxy.
+  export DATASTORAGE_API_SERVER="http://127.0.0.1:${DEMO_API_PORT:-18080}" DATASTORAGE_TOKEN="$token"
+  "$BIN" query search "pod keeps getting OOM killed" -A --limit 3
+
+  say "Hash chain of audit 1"
+  "$BIN" query verify 1 || true
 
   say "Done"
   echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):\$PATH"
   echo "  metrics: curl -s 127.0.0.1:${DEMO_METRICS_PORT:-18081}/metrics | grep ^datastorage_"
+  echo "  search:  DATASTORAGE_API_SERVER=$DATASTORAGE_API_SERVER DATASTORAGE_TOKEN=\$(kubectl -n datastorage-system create token demo-reader) \\"
+  echo "           $BIN query search \"certificate expired\" -A"
   echo "  stop everything: make demo-down"
 }
 

@@ -41,11 +41,12 @@ set -e
 
 echo "== demo smoke test (make demo, then make demo-down leaves nothing behind)"
 demo_dir="$run_dir/demo"
-DATASTORAGE_DEMO_DIR="$demo_dir" DEMO_METRICS_PORT=18981 hack/demo.sh up > "$run_dir/demo.log" 2>&1 || {
+DATASTORAGE_DEMO_DIR="$demo_dir" DEMO_METRICS_PORT=18981 DEMO_API_PORT=18980 hack/demo.sh up > "$run_dir/demo.log" 2>&1 || {
   cat "$run_dir/demo.log"; echo "make demo failed"; exit 1; }
 demo_ok=1
 grep -q "Persisted" "$run_dir/demo.log" && grep -q "Rejected" "$run_dir/demo.log" || demo_ok=0
 grep -q "REDACTED:password_kv" "$run_dir/demo.log" || demo_ok=0
+grep -q "api-oomkilled-restart" <(sed -n '/Semantic search/,$p' "$run_dir/demo.log") || demo_ok=0
 DATASTORAGE_DEMO_DIR="$demo_dir" hack/demo.sh down > /dev/null
 if pgrep -f "$demo_dir" > /dev/null; then echo "demo left processes behind:"; pgrep -af "$demo_dir"; demo_ok=0; fi
 [[ ! -e "$demo_dir" ]] || { echo "demo left $demo_dir behind"; demo_ok=0; }
