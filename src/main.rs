@@ -73,6 +73,25 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "DATASTORAGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Elect a leader among replicas with a Lease; only the leader writes (all replicas serve queries).
+    #[arg(long, env = "DATASTORAGE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "DATASTORAGE_LEASE_NAME",
+        default_value = "datastorage-operator-leader"
+    )]
+    lease_name: String,
+    /// Namespace of the leader Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (in a pod: its name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds before a silent leader is replaced.
+    #[arg(long, env = "DATASTORAGE_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 #[tokio::main]
@@ -121,6 +140,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     metrics_addr: args.metrics_addr,
                     api_addr: args.api_addr,
                     model_dir: args.model_dir,
+                    leader_election: args.leader_elect.then(|| {
+                        datastorage::operator::LeaderElection {
+                            namespace: args.lease_namespace.clone(),
+                            lease_name: args.lease_name.clone(),
+                            identity: args
+                                .identity
+                                .clone()
+                                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                            duration_seconds: args.lease_seconds,
+                        }
+                    }),
                 },
             )
             .await?;

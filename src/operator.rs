@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::info;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, warn};
 
 use crate::controller::datastorage::DsContext;
 use crate::controller::{Context, audit, datastorage};
@@ -21,6 +22,18 @@ pub struct Options {
     /// Where the query API (`/api/v1/…`, `/openapi.json`) is served; every replica serves it.
     pub api_addr: SocketAddr,
     pub model_dir: Option<String>,
+    /// Lease-based leader election; `None` makes this replica the only writer (single replica, tests).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Where the leader Lease lives and who this replica is.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    /// Seconds a holder keeps the lease without renewing it (a crashed leader is replaced after this).
+    pub duration_seconds: u64,
 }
 
 /// A started operator.
@@ -33,10 +46,29 @@ pub struct Running {
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Starts everything and returns once the endpoints listen.
+/// Starts everything and returns once the endpoints listen. Every replica serves the query API, metrics and
+/// health, and keeps the store runtime current; only the Lease holder runs the writers (the RemediationAudit
+/// controller, the backfill, and the DataStorage controller's migrations, index rebuilds, retention and status).
+/// Losing the Lease aborts the writers at once; an interrupted write is a rolled-back transaction, replayed
+/// idempotently by the next leader.
 pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new()?);
     let embed_metrics = crate::embed::EmbedMetrics::register(&metrics.registry)?;
+    let (leader_rx, lease_task) = match &opts.leader_election {
+        None => (watch::channel(true).1, None),
+        Some(le) => {
+            let manager = LeaseManagerBuilder::new(client.clone(), le.lease_name.clone())
+                .with_namespace(le.namespace.clone())
+                .with_identity(le.identity.clone())
+                .with_duration(le.duration_seconds.max(2))
+                .with_grace((le.duration_seconds / 3).max(1))
+                .with_field_manager(crate::controller::MANAGER)
+                .build()
+                .await?;
+            let (rx, task) = manager.watch().await;
+            (rx, Some(task))
+        }
+    };
     let (tx, rx) = watch::channel(None);
     let ds_ctx = Arc::new(DsContext::new(
         client.clone(),
@@ -44,6 +76,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         embed_metrics,
         opts.model_dir,
         tx,
+        leader_rx.clone(),
     ));
     let ctx = Arc::new(Context::new(client, metrics, rx));
 
@@ -59,15 +92,16 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
 
     let task_ctx = ctx.clone();
     let task = tokio::spawn(async move {
-        let backfill = tokio::spawn(crate::backfill::run(task_ctx.clone()));
-        info!(datastorage = %opts.datastorage, namespace = ?opts.namespace, "starting controllers");
+        // When this task ends (shutdown or abort) every receiver of the leader channel is dropped, and the lease
+        // manager releases the Lease and exits on its own, so another replica takes over at once.
+        drop(lease_task);
+        info!(datastorage = %opts.datastorage, namespace = ?opts.namespace, "starting");
         let result = tokio::select! {
             _ = datastorage::run(ds_ctx, opts.datastorage) => Ok(()),
-            _ = audit::run(task_ctx, opts.namespace) => Ok(()),
+            _ = write_while_leader(task_ctx, opts.namespace, leader_rx) => Ok(()),
             r = ops => r.map_err(anyhow::Error::from),
             r = api => r.map_err(anyhow::Error::from),
         };
-        backfill.abort();
         info!("stopped");
         result
     });
@@ -77,6 +111,39 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         context: ctx,
         task,
     })
+}
+
+/// Runs the writers while `leader` is true and stops them as soon as it turns false.
+async fn write_while_leader(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    mut leader: watch::Receiver<bool>,
+) {
+    loop {
+        if leader.wait_for(|is| *is).await.is_err() {
+            return;
+        }
+        info!("this replica is the leader: starting the writers");
+        ctx.metrics.leader.set(1);
+        let mut writers = JoinSet::new();
+        writers.spawn(audit::run(ctx.clone(), namespace.clone()));
+        writers.spawn(crate::backfill::run(ctx.clone()));
+        tokio::select! {
+            r = leader.wait_for(|is| !*is) => {
+                if r.is_err() {
+                    return;
+                }
+                warn!("lost the leader lease: stopping the writers");
+            }
+            _ = writers.join_next() => {
+                // A writer ended on its own (shutdown signal): stop the rest.
+                ctx.metrics.leader.set(0);
+                return;
+            }
+        }
+        writers.abort_all();
+        ctx.metrics.leader.set(0);
+    }
 }
 
 /// Runs until a shutdown signal.

@@ -54,6 +54,8 @@ pub struct DsContext {
     cache: Mutex<Cached>,
     /// Set while an HNSW index rebuild runs in the background.
     index_rebuild: Arc<AtomicBool>,
+    /// Whether this replica holds the leader Lease: only the leader migrates, rebuilds, purges and writes status.
+    leader: watch::Receiver<bool>,
 }
 
 #[derive(Default)]
@@ -71,6 +73,7 @@ impl DsContext {
         embed_metrics: embed::EmbedMetrics,
         default_model_dir: Option<String>,
         publish: watch::Sender<Option<Arc<StoreRuntime>>>,
+        leader: watch::Receiver<bool>,
     ) -> Self {
         Self {
             client,
@@ -80,6 +83,7 @@ impl DsContext {
             publish,
             cache: Mutex::new(Cached::default()),
             index_rebuild: Arc::new(AtomicBool::new(false)),
+            leader,
         }
     }
 }
@@ -204,7 +208,7 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
                             "Supported",
                             "PostgreSQL and pgvector meet the requirements",
                         );
-                        match migrate(store, spec).await {
+                        match migrate_or_read(ctx, store, spec).await {
                             Ok(v) => {
                                 status.schema_version = Some(v);
                                 schema_ok = true;
@@ -231,7 +235,7 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
                         writable = Err(format!("writes are blocked: {msg}"));
                     }
                 }
-                if schema_ok {
+                if schema_ok && *ctx.leader.borrow() {
                     check_index(ctx, store, spec, &mut checks).await;
                     apply_retention(store, spec).await;
                     check_memory(store, &mut checks).await;
@@ -304,7 +308,7 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
 
     status.phase = Some(phase(&checks));
     status.conditions = checks.conditions;
-    if ds.status.as_ref() != Some(&status) {
+    if ds.status.as_ref() != Some(&status) && *ctx.leader.borrow() {
         let api: Api<DataStorage> = Api::all(ctx.client.clone());
         let patch = json!({
             "apiVersion": "datastorage.kubernaut.ai/v1alpha1",
@@ -414,6 +418,22 @@ async fn probe(store: &Store) -> Result<(String, Option<String>), String> {
     let pg: String = row.try_get("pg").map_err(|e| e.to_string())?;
     let vector: Option<String> = row.try_get("vector").map_err(|e| e.to_string())?;
     Ok((pg, vector))
+}
+
+/// The leader migrates and creates partitions; other replicas only read the schema version (they serve queries).
+async fn migrate_or_read(
+    ctx: &DsContext,
+    store: &Store,
+    spec: &DataStorageSpec,
+) -> Result<i64, String> {
+    if *ctx.leader.borrow() {
+        return migrate(store, spec).await;
+    }
+    match store.schema_version().await {
+        Ok(v) if v > 0 => Ok(v),
+        Ok(_) => Err("waiting for the leader to apply the schema".into()),
+        Err(e) => Err(format!("waiting for the leader to apply the schema: {e}")),
+    }
 }
 
 async fn migrate(store: &Store, spec: &DataStorageSpec) -> Result<i64, String> {

@@ -198,7 +198,16 @@ impl TestEnv {
     }
 
     pub async fn start_operator(&mut self) {
-        let running = operator::start(
+        let running = self.start_replica(None).await;
+        self.operator = Some(running);
+    }
+
+    /// Starts one more in-process operator replica for this namespace, optionally with leader election.
+    pub async fn start_replica(
+        &self,
+        leader_election: Option<operator::LeaderElection>,
+    ) -> operator::Running {
+        operator::start(
             self.client.clone(),
             operator::Options {
                 datastorage: self.ns.clone(),
@@ -206,11 +215,11 @@ impl TestEnv {
                 metrics_addr: "127.0.0.1:0".parse().unwrap(),
                 api_addr: "127.0.0.1:0".parse().unwrap(),
                 model_dir: std::env::var("DATASTORAGE_MODEL_DIR").ok(),
+                leader_election,
             },
         )
         .await
-        .unwrap();
-        self.operator = Some(running);
+        .unwrap()
     }
 
     /// Base URL of the in-process operator's query API, e.g. `http://127.0.0.1:41234`.
