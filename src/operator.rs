@@ -54,8 +54,15 @@ pub struct Running {
 pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new()?);
     let embed_metrics = crate::embed::EmbedMetrics::register(&metrics.registry)?;
+    // Without leader election this replica is always the leader: the sender is kept alive (moved into the task
+    // below) so the channel never reports "closed".
+    let mut always_leader = None;
     let (leader_rx, lease_task) = match &opts.leader_election {
-        None => (watch::channel(true).1, None),
+        None => {
+            let (tx, rx) = watch::channel(true);
+            always_leader = Some(tx);
+            (rx, None)
+        }
         Some(le) => {
             let manager = LeaseManagerBuilder::new(client.clone(), le.lease_name.clone())
                 .with_namespace(le.namespace.clone())
@@ -95,6 +102,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         // When this task ends (shutdown or abort) every receiver of the leader channel is dropped, and the lease
         // manager releases the Lease and exits on its own, so another replica takes over at once.
         drop(lease_task);
+        let _always_leader = always_leader;
         info!(datastorage = %opts.datastorage, namespace = ?opts.namespace, "starting");
         let result = tokio::select! {
             _ = datastorage::run(ds_ctx, opts.datastorage) => Ok(()),
