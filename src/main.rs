@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use datastorage::crd;
 use datastorage::store::{Store, StoreConfig};
 
+/// mimalloc: ~25 % more batched embedding throughput than glibc malloc on candle's allocation pattern.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "datastorage",
