@@ -280,29 +280,8 @@ async fn scrape(env: &TestEnv) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_makes_high_write_error_rate_hold_on_real_counters() {
     // A private PostgreSQL, so stopping it does not disturb other tests.
-    let pg_dir = tempfile::Builder::new()
-        .prefix("ds-alerts-")
-        .tempdir()
-        .unwrap();
-    let pg = |cmd: &str| {
-        let out = Command::new(repo_path("hack/pg.sh"))
-            .arg(cmd)
-            .env("PG_DIR", pg_dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let url = pg("up");
+    let pg = support::Service::postgres();
+    let url = pg.url.clone();
     let env = TestEnv::with(
         "alerts",
         EnvOptions {
@@ -324,7 +303,7 @@ async fn a_failing_write_makes_high_write_error_rate_hold_on_real_counters() {
         "HighWriteErrorRate holds although every write succeeded"
     );
 
-    pg("stop");
+    pg.run("stop");
     env.kubectl(
         &["apply", "-f", "-"],
         Some(&audit_yaml("during", "rr-alerts-1", "")),
@@ -347,5 +326,4 @@ async fn a_failing_write_makes_high_write_error_rate_hold_on_real_counters() {
         "HighWriteErrorRate does not hold on the counters of a failing write:\n{failing}"
     );
     drop(env);
-    pg("down");
 }

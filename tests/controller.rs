@@ -176,29 +176,8 @@ async fn spec_edit_appends_history_and_delete_keeps_the_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_gives_retrying_then_exactly_one_row() {
     // A private PostgreSQL cluster, so stopping it does not disturb other tests.
-    let pg_dir = tempfile::Builder::new()
-        .prefix("ds-outage-")
-        .tempdir()
-        .unwrap();
-    let pg = |cmd: &str| {
-        let out = std::process::Command::new(format!("{}/hack/pg.sh", env!("CARGO_MANIFEST_DIR")))
-            .arg(cmd)
-            .env("PG_DIR", pg_dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let url = pg("up");
+    let pg = support::Service::postgres();
+    let url = pg.url.clone();
     let env = TestEnv::with(
         "outage",
         EnvOptions {
@@ -213,7 +192,7 @@ async fn database_outage_gives_retrying_then_exactly_one_row() {
     );
     env.wait_state("before", "Persisted", WAIT).await;
 
-    pg("stop");
+    pg.run("stop");
     env.kubectl(
         &["apply", "-f", "-"],
         Some(&audit_yaml("during", "rr-outage-1", "")),
@@ -226,7 +205,7 @@ async fn database_outage_gives_retrying_then_exactly_one_row() {
             .contains("retrying")
     );
 
-    pg("start");
+    pg.run("start");
     let obj = env
         .wait_state("during", "Persisted", Duration::from_secs(120))
         .await;
@@ -248,7 +227,6 @@ async fn database_outage_gives_retrying_then_exactly_one_row() {
     assert_eq!(hist, 1);
     pool.close().await;
     drop(env);
-    pg("down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

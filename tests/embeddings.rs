@@ -203,32 +203,10 @@ impl Embedder for Counting {
     }
 }
 
-fn redis(cmd: &str, dir: &std::path::Path) -> String {
-    let out = std::process::Command::new(format!("{}/hack/redis.sh", env!("CARGO_MANIFEST_DIR")))
-        .arg(cmd)
-        .env("REDIS_DIR", dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "redis.sh {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cache_is_shared_between_replicas_and_its_outage_never_fails_an_embed() {
-    let dir = tempfile::Builder::new()
-        .prefix("ds-redis-")
-        .tempdir()
-        .unwrap();
-    let url = redis("up", &dir.path().join("r"));
+    let redis_server = support::Service::redis();
+    let url = redis_server.url.clone();
     let options = || CacheOptions {
         memory_entries: 100,
         ttl: Duration::from_secs(60),
@@ -271,7 +249,7 @@ async fn redis_cache_is_shared_between_replicas_and_its_outage_never_fails_an_em
     assert_eq!(m2.cache_hits.get(), 1);
 
     // Redis goes away: embeds still work (memory + model), errors are counted.
-    redis("stop", &dir.path().join("r"));
+    redis_server.run("stop");
     let other = vec![format!(
         "drain node after disk pressure {}",
         uuid::Uuid::new_v4()
@@ -280,7 +258,6 @@ async fn redis_cache_is_shared_between_replicas_and_its_outage_never_fails_an_em
     assert_eq!(v3.len(), 1);
     assert_eq!(inner2.calls.load(Ordering::SeqCst), 1);
     assert!(m2.redis_errors.get() >= 1, "Redis failures are counted");
-    redis("down", &dir.path().join("r"));
 }
 
 /// A real OpenAI-compatible HTTP embedding service on loopback that can be switched to failing.

@@ -37,29 +37,8 @@ fn total(m: &HashMap<String, f64>, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_named_metrics_move_with_the_workload() {
-    let pg_dir = tempfile::Builder::new()
-        .prefix("ds-metrics-")
-        .tempdir()
-        .unwrap();
-    let pg = |cmd: &str| {
-        let out = std::process::Command::new(format!("{}/hack/pg.sh", env!("CARGO_MANIFEST_DIR")))
-            .arg(cmd)
-            .env("PG_DIR", pg_dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let url = pg("up");
+    let pg = support::Service::postgres();
+    let url = pg.url.clone();
     let env = TestEnv::with(
         "metrics",
         EnvOptions {
@@ -147,7 +126,7 @@ async fn the_named_metrics_move_with_the_workload() {
     assert_eq!(obj["status"]["embedding"], "Pending");
 
     // PostgreSQL goes away: a write fails and is counted.
-    pg("stop");
+    pg.run("stop");
     env.kubectl(
         &["apply", "-f", "-"],
         Some(&audit_yaml("during-outage", "rr-m-5", "")),
@@ -236,5 +215,4 @@ async fn the_named_metrics_move_with_the_workload() {
 
     let _ = kubectl_raw(&["delete", "clusterrolebinding", &binding], None);
     drop(env);
-    pg("down");
 }

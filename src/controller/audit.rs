@@ -71,19 +71,7 @@ pub async fn reconcile(
     obj: Arc<DeserializeGuard<RemediationAudit>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&[CONTROLLER])
-        .start_timer();
-    let result = reconcile_inner(&obj, &ctx).await;
-    timer.observe_duration();
-    let label = if result.is_ok() { "success" } else { "error" };
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&[CONTROLLER, label])
-        .inc();
-    result
+    super::instrumented(&ctx.metrics, CONTROLLER, reconcile_inner(&obj, &ctx)).await
 }
 
 async fn reconcile_inner(

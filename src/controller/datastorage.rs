@@ -139,19 +139,7 @@ impl Checks {
 }
 
 async fn reconcile(ds: Arc<DataStorage>, ctx: Arc<DsContext>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&[CONTROLLER])
-        .start_timer();
-    let result = reconcile_inner(&ds, &ctx).await;
-    timer.observe_duration();
-    let label = if result.is_ok() { "success" } else { "error" };
-    ctx.metrics
-        .reconcile_total
-        .with_label_values(&[CONTROLLER, label])
-        .inc();
-    result
+    super::instrumented(&ctx.metrics, CONTROLLER, reconcile_inner(&ds, &ctx)).await
 }
 
 async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Error> {

@@ -84,6 +84,27 @@ impl Context {
     }
 }
 
+/// Runs one reconcile, counting it in `datastorage_reconcile_total{controller,result}` and timing it in
+/// `datastorage_reconcile_duration_seconds{controller}`.
+pub(crate) async fn instrumented<T, E>(
+    metrics: &Metrics,
+    controller: &str,
+    reconcile: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let timer = metrics
+        .reconcile_duration
+        .with_label_values(&[controller])
+        .start_timer();
+    let result = reconcile.await;
+    timer.observe_duration();
+    let label = if result.is_ok() { "success" } else { "error" };
+    metrics
+        .reconcile_total
+        .with_label_values(&[controller, label])
+        .inc();
+    result
+}
+
 /// 1 s, 2 s, 4 s, … capped at 300 s.
 pub fn backoff_delay(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(9);

@@ -93,3 +93,72 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A private throwaway service started with one of the project's scripts (`hack/pg.sh`, `hack/redis.sh`), for
+/// tests that stop and start it without disturbing the shared one. Brought down (and its directory removed) on drop.
+pub struct Service {
+    script: &'static str,
+    dir_var: &'static str,
+    dir: tempfile::TempDir,
+    /// The URL printed by `up`.
+    pub url: String,
+}
+
+impl Service {
+    /// A private PostgreSQL 18 + pgvector cluster.
+    pub fn postgres() -> Self {
+        Self::up("hack/pg.sh", "PG_DIR")
+    }
+
+    /// A private Redis.
+    pub fn redis() -> Self {
+        Self::up("hack/redis.sh", "REDIS_DIR")
+    }
+
+    fn up(script: &'static str, dir_var: &'static str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ds-svc-")
+            .tempdir()
+            .unwrap();
+        let mut svc = Self {
+            script,
+            dir_var,
+            dir,
+            url: String::new(),
+        };
+        svc.url = svc.run("up");
+        svc
+    }
+
+    /// Runs `script cmd` for this instance; returns the last line it printed.
+    pub fn run(&self, cmd: &str) -> String {
+        let out =
+            std::process::Command::new(format!("{}/{}", env!("CARGO_MANIFEST_DIR"), self.script))
+                .arg(cmd)
+                .env(self.dir_var, self.dir.path().join("svc"))
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {cmd}: {}",
+            self.script,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(format!("{}/{}", env!("CARGO_MANIFEST_DIR"), self.script))
+                .arg("down")
+                .env(self.dir_var, self.dir.path().join("svc"))
+                .output();
+    }
+}
