@@ -306,9 +306,11 @@ async fn embed_throughput(bench: &mut Bench, model_dir: &str, n: usize) -> anyho
     let rate = n as f64 / started.elapsed().as_secs_f64();
 
     // Compute-bound estimate.
-    let tokenizer =
+    let mut tokenizer =
         tokenizers::Tokenizer::from_file(PathBuf::from(model_dir).join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The shipped tokenizer.json pads to 128; count the sentence's real tokens (the embedder pads batch-longest).
+    tokenizer.with_padding(None);
     let tokens = tokenizer
         .encode(sentences[0].as_str(), true)
         .map_err(|e| anyhow::anyhow!("{e}"))?
