@@ -9,7 +9,7 @@ export DATASTORAGE_CACHE ?= $(HOME)/.cache/datastorage
 export CARGO_TARGET_DIR ?= $(DATASTORAGE_CACHE)/target-rust-$(RUST_VERSION)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help setup build release crds chart-files lint test test-unit test-faults demo demo-down bench clean-cache
+.PHONY: help setup build release crds chart-files lint test demo demo-down bench
 
 help:
 	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
