@@ -1265,6 +1265,48 @@ fn redact_named_value(
     Some(Value::String(kind.placeholder()))
 }
 
+/// The structured twin of [`collect_k8s_json`]: a Kubernetes Secret's `data`/`binaryData` map (base64 values) or
+/// `stringData` map (every non-empty value) inside `details`, whose values carry no secret-looking key of their own
+/// (`{"kind": "Secret", "data": {"username": "YWRtaW4="}}`). Returns the map with those values replaced, or `None`
+/// when nothing was redacted.
+fn redact_k8s_data_map(
+    path: &str,
+    key: &str,
+    value: &Value,
+    secret_kind: bool,
+    redactions: &mut Vec<Redaction>,
+) -> Option<Value> {
+    let plain = match key {
+        "stringData" => true,
+        "data" | "binaryData" => false,
+        _ => return None,
+    };
+    let Value::Object(map) = value else {
+        return None;
+    };
+    let mut out = map.clone();
+    let mut changed = false;
+    for v in out.values_mut() {
+        let Value::String(s) = v else { continue };
+        let secret = if plain {
+            !s.is_empty()
+        } else {
+            is_secret_base64(s, secret_kind)
+        };
+        if !secret || is_placeholder(s) {
+            continue;
+        }
+        // The field is the map's path: the entry's own key is not sanitized yet.
+        redactions.push(Redaction {
+            field: path.to_owned(),
+            kind: SecretKind::K8sSecretData,
+        });
+        *v = Value::String(SecretKind::K8sSecretData.placeholder());
+        changed = true;
+    }
+    changed.then_some(Value::Object(out))
+}
+
 fn walk(
     path: &str,
     value: &Value,
@@ -1298,6 +1340,7 @@ fn walk(
                 .get("name")
                 .and_then(Value::as_str)
                 .and_then(|name| classify_key(name).map(|class| (name, class)));
+            let secret_kind = map.get("kind").and_then(Value::as_str) == Some("Secret");
             let mut out = Map::new();
             for (key, child) in map {
                 let mut key_redactions = Vec::new();
@@ -1330,7 +1373,22 @@ fn walk(
                     redact_named_value(&child_path, name, class, child, redactions)
                 }) {
                     Some(v) => v,
-                    None => walk(&child_path, child, policy, redactions, depth + 1)?,
+                    None => {
+                        let data = redact_k8s_data_map(
+                            &child_path,
+                            &new_key,
+                            child,
+                            secret_kind,
+                            redactions,
+                        );
+                        walk(
+                            &child_path,
+                            data.as_ref().unwrap_or(child),
+                            policy,
+                            redactions,
+                            depth + 1,
+                        )?
+                    }
                 };
                 out.insert(unique, new_child);
             }
@@ -2267,6 +2325,30 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn details_kubernetes_secret_object() {
+        // Found by the bad-input corpus: a structured Secret object in details kept its base64 `data` values,
+        // since each leaf was only scanned on its own.
+        let input = json!({
+            "secret": {"kind": "Secret", "data": {"username": "YWRtaW4=", "empty": ""},
+                       "stringData": {"note": "plain text"}},
+            "configmap": {"kind": "ConfigMap", "data": {"mode": "prod", "blob": "cHJvZDEyMw=="}}
+        });
+        let (out, r) = details(&input);
+        assert_eq!(
+            out,
+            json!({
+                "secret": {"kind": "Secret", "data": {"username": "[REDACTED:k8s_secret_data]", "empty": ""},
+                           "stringData": {"note": "[REDACTED:k8s_secret_data]"}},
+                "configmap": {"kind": "ConfigMap", "data": {"mode": "prod", "blob": "[REDACTED:k8s_secret_data]"}}
+            })
+        );
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|r| r.kind == SecretKind::K8sSecretData));
+        // Idempotent.
+        assert_eq!(details(&out), (out.clone(), vec![]));
     }
 
     #[test]
