@@ -223,6 +223,7 @@ async fn bad_input_corpus() {
     let mut per_expect: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut known: Vec<String> = Vec::new();
+    let mut messages: Vec<(&Case, String)> = Vec::new();
     let mut panics = 0usize;
     let mut persisted = 0i64;
     for (i, case) in corpus.cases.iter().enumerate() {
@@ -232,6 +233,9 @@ async fn bad_input_corpus() {
         }
         if matches!(outcome, Outcome::Persisted(_)) {
             persisted += 1;
+        }
+        if let Outcome::Rejected(errors) = &outcome {
+            messages.push((case, datastorage::audit::validate::summarize(errors)));
         }
         let problems = check(&store, case, &outcome).await;
         let entry = per_expect.entry(case.expect.clone()).or_default();
@@ -267,6 +271,27 @@ async fn bad_input_corpus() {
     let dump = dump_database(&store).await;
     let mut secrets_found = 0usize;
     let mut known_secrets_found = 0usize;
+    // …nor in the rejection messages (they go to the CR's status, events and logs).
+    for (case, message) in &messages {
+        for secret in &case.planted_secrets {
+            if message.contains(secret.as_str()) {
+                let line = format!(
+                    "{}: planted secret {secret:?} in the rejection message {message:?}",
+                    case.id
+                );
+                match &case.known_issue {
+                    Some(issue) => {
+                        known_secrets_found += 1;
+                        known.push(format!("{line} [known issue: {issue}]"));
+                    }
+                    None => {
+                        secrets_found += 1;
+                        failures.push(line);
+                    }
+                }
+            }
+        }
+    }
     for case in &corpus.cases {
         for secret in &case.planted_secrets {
             for (table, text) in &dump {
