@@ -1232,7 +1232,10 @@ pub fn sanitize_free_text(
 /// `api_key_json`, `aws_secret_key`, `pem_private_key`,
 /// `authorization_header`); a value that already is a placeholder is kept. The
 /// same applies to the `value` of a Kubernetes-style `{"name": "DB_PASSWORD",
-/// "value": "…"}` object.
+/// "value": "…"}` object, and to every string or number in a list under such a
+/// key (`{"password": ["a", "b"]}`). The values of a Secret-like object's
+/// `data`/`binaryData` map (base64, as in JSON text) and `stringData` map (all
+/// non-empty values) become `[REDACTED:k8s_secret_data]`.
 pub fn sanitize_json(
     field: &str,
     value: &Value,
@@ -1263,6 +1266,81 @@ fn redact_named_value(
         kind,
     });
     Some(Value::String(kind.placeholder()))
+}
+
+/// A list under a secret key (`{"password": ["a", "b"]}`, `{"pin_password": [1234]}`): every string or number in
+/// it, at any array depth, is redacted like a single value would be. Other elements (objects) are left to the
+/// generic walk. Returns `None` when nothing was redacted.
+fn redact_named_array(
+    path: &str,
+    key: &str,
+    class: KeyClass,
+    value: &Value,
+    redactions: &mut Vec<Redaction>,
+    depth: usize,
+) -> Option<Value> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    if depth > MAX_JSON_DEPTH {
+        return None;
+    }
+    let mut changed = false;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        let new = match item {
+            Value::Array(_) => {
+                redact_named_array(&item_path, key, class, item, redactions, depth + 1)
+            }
+            _ => redact_named_value(&item_path, key, class, item, redactions),
+        };
+        changed |= new.is_some();
+        out.push(new.unwrap_or_else(|| item.clone()));
+    }
+    changed.then_some(Value::Array(out))
+}
+
+/// The structured twin of [`collect_k8s_json`]: a Kubernetes Secret's `data`/`binaryData` map (base64 values) or
+/// `stringData` map (every non-empty value) inside `details`, whose values carry no secret-looking key of their own
+/// (`{"kind": "Secret", "data": {"username": "YWRtaW4="}}`). Returns the map with those values replaced, or `None`
+/// when nothing was redacted.
+fn redact_k8s_data_map(
+    path: &str,
+    key: &str,
+    value: &Value,
+    secret_kind: bool,
+    redactions: &mut Vec<Redaction>,
+) -> Option<Value> {
+    let plain = match key {
+        "stringData" => true,
+        "data" | "binaryData" => false,
+        _ => return None,
+    };
+    let Value::Object(map) = value else {
+        return None;
+    };
+    let mut out = map.clone();
+    let mut changed = false;
+    for v in out.values_mut() {
+        let Value::String(s) = v else { continue };
+        let secret = if plain {
+            !s.is_empty()
+        } else {
+            is_secret_base64(s, secret_kind)
+        };
+        if !secret || is_placeholder(s) {
+            continue;
+        }
+        // The field is the map's path: the entry's own key is not sanitized yet.
+        redactions.push(Redaction {
+            field: path.to_owned(),
+            kind: SecretKind::K8sSecretData,
+        });
+        *v = Value::String(SecretKind::K8sSecretData.placeholder());
+        changed = true;
+    }
+    changed.then_some(Value::Object(out))
 }
 
 fn walk(
@@ -1298,6 +1376,7 @@ fn walk(
                 .get("name")
                 .and_then(Value::as_str)
                 .and_then(|name| classify_key(name).map(|class| (name, class)));
+            let secret_kind = map.get("kind").and_then(Value::as_str) == Some("Secret");
             let mut out = Map::new();
             for (key, child) in map {
                 let mut key_redactions = Vec::new();
@@ -1330,7 +1409,32 @@ fn walk(
                     redact_named_value(&child_path, name, class, child, redactions)
                 }) {
                     Some(v) => v,
-                    None => walk(&child_path, child, policy, redactions, depth + 1)?,
+                    None => {
+                        let data = match named {
+                            Some((name, class)) => redact_named_array(
+                                &child_path,
+                                name,
+                                class,
+                                child,
+                                redactions,
+                                depth + 1,
+                            ),
+                            None => redact_k8s_data_map(
+                                &child_path,
+                                &new_key,
+                                child,
+                                secret_kind,
+                                redactions,
+                            ),
+                        };
+                        walk(
+                            &child_path,
+                            data.as_ref().unwrap_or(child),
+                            policy,
+                            redactions,
+                            depth + 1,
+                        )?
+                    }
                 };
                 out.insert(unique, new_child);
             }
@@ -2267,6 +2371,55 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn details_lists_under_secret_keys() {
+        // Found by the bad-input corpus: a list under a secret key was only scanned as free text.
+        let input = json!({
+            "password": ["hunter2", ["nested"], {"note": "password=x"}, true, ""],
+            "pin_password": [1234],
+            "secret": ["payments/db-creds"],
+            "names": ["hunter2"]
+        });
+        let (out, r) = details(&input);
+        assert_eq!(
+            out,
+            json!({
+                "password": ["[REDACTED:password_json]", ["[REDACTED:password_json]"],
+                             {"note": "password=[REDACTED:password_kv]"}, true, ""],
+                "pin_password": ["[REDACTED:password_json]"],
+                "secret": ["payments/db-creds"],
+                "names": ["hunter2"]
+            })
+        );
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].field, "details.password[0]");
+        assert_eq!(details(&out), (out.clone(), vec![]));
+    }
+
+    #[test]
+    fn details_kubernetes_secret_object() {
+        // Found by the bad-input corpus: a structured Secret object in details kept its base64 `data` values,
+        // since each leaf was only scanned on its own.
+        let input = json!({
+            "secret": {"kind": "Secret", "data": {"username": "YWRtaW4=", "empty": ""},
+                       "stringData": {"note": "plain text"}},
+            "configmap": {"kind": "ConfigMap", "data": {"mode": "prod", "blob": "cHJvZDEyMw=="}}
+        });
+        let (out, r) = details(&input);
+        assert_eq!(
+            out,
+            json!({
+                "secret": {"kind": "Secret", "data": {"username": "[REDACTED:k8s_secret_data]", "empty": ""},
+                           "stringData": {"note": "[REDACTED:k8s_secret_data]"}},
+                "configmap": {"kind": "ConfigMap", "data": {"mode": "prod", "blob": "[REDACTED:k8s_secret_data]"}}
+            })
+        );
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|r| r.kind == SecretKind::K8sSecretData));
+        // Idempotent.
+        assert_eq!(details(&out), (out.clone(), vec![]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use regex::Regex;
 use serde::Serialize;
 
-use super::sanitize::contains_markup;
+use super::sanitize::{contains_markup, redact_secrets};
 use crate::crd::RemediationAuditSpec;
 
 /// Why a field was rejected; the label values of `datastorage_validation_failures_total{reason}`.
@@ -252,6 +252,8 @@ fn check_text(
     }
 }
 
+/// Depth, NUL characters and size of `details`. The paths in the messages (which end up in the CR's status, events
+/// and logs) name each key with its secrets redacted: a key may itself hold one (`{"password=x": …}`).
 fn check_details(
     errors: &mut Vec<FieldError>,
     details: &serde_json::Map<String, serde_json::Value>,
@@ -259,7 +261,7 @@ fn check_details(
     // Depth and NUL characters first: both must be known before the size is meaningful.
     let mut stack: Vec<(&serde_json::Value, usize, String)> = details
         .iter()
-        .map(|(k, v)| (v, 1usize, format!("details.{k}")))
+        .map(|(k, v)| (v, 1usize, format!("details.{}", redact_secrets(k).0)))
         .collect();
     for key in details.keys() {
         if key.contains('\0') {
@@ -304,7 +306,7 @@ fn check_details(
                         ));
                         return;
                     }
-                    stack.push((v, depth + 1, format!("{path}.{k}")));
+                    stack.push((v, depth + 1, format!("{path}.{}", redact_secrets(k).0)));
                 }
             }
             _ => {}
@@ -566,6 +568,32 @@ mod tests {
             serde_json::json!(["ok", "bad\u{0}"]),
         )]));
         assert_eq!(reasons(&s), vec![("details".into(), Reason::Invalid)]);
+    }
+
+    #[test]
+    fn details_messages_do_not_echo_secrets_in_keys() {
+        // Found by the bad-input corpus: the paths in these messages repeated raw keys.
+        let mut v = serde_json::json!("leaf");
+        for _ in 0..40 {
+            v = serde_json::json!({ "n": v });
+        }
+        let mut s = spec();
+        s.details = Some(serde_json::Map::from_iter([(
+            "password=hunter2".to_string(),
+            v,
+        )]));
+        let msg = summarize(&validate(&s, now()).unwrap_err());
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(
+            msg.contains("details.password=[REDACTED:password_kv].n"),
+            "{msg}"
+        );
+        s.details = Some(serde_json::Map::from_iter([(
+            "AKIAIOSFODNN7EXAMPLE".to_string(),
+            serde_json::json!({"k\u{0}": 1}),
+        )]));
+        let msg = summarize(&validate(&s, now()).unwrap_err());
+        assert!(!msg.contains("AKIAIOSFODNN7EXAMPLE"), "{msg}");
     }
 
     #[test]
