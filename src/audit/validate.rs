@@ -248,9 +248,25 @@ fn check_text(
                 Reason::XssDetected,
                 "contains markup (HTML tags, javascript: URLs or event handlers), which identifiers never do",
             ));
+        } else if OPAQUE_ID_FIELDS.contains(&field)
+            && let Some(kind) = super::sanitize::redact_secrets(value).1.first()
+        {
+            // Opaque ids are stored verbatim (rewriting them would break uniqueness), so one that carries a
+            // credential is refused instead. The message names the kind, never the value.
+            errors.push(FieldError::new(
+                field,
+                Reason::Invalid,
+                format!(
+                    "looks like it carries a credential ({}); identifiers must not contain secrets",
+                    kind.as_str()
+                ),
+            ));
         }
     }
 }
+
+/// Identifiers stored verbatim (never redacted); see [`crate::audit::prepare`].
+const OPAQUE_ID_FIELDS: [&str; 2] = ["remediationRequestId", "alertFingerprint"];
 
 /// Depth, NUL characters and size of `details`. The paths in the messages (which end up in the CR's status, events
 /// and logs) name each key with its secrets redacted: a key may itself hold one (`{"password=x": …}`).
