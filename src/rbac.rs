@@ -85,11 +85,12 @@ pub const REQUIRED: &[Permission] = &[
     // the embedding API key and the Redis URL. The chart only grants this in the release namespace, so every
     // Secret a DataStorage references must live there.
     p("", "secrets", &["get"], Scope::ReleaseNamespace),
-    // Leader election (only the leader writes): the Lease in the release namespace.
+    // Leader election (only the leader writes): the Lease in the release namespace. kube-lease-manager gets and
+    // creates it, then takes and renews it with server-side apply / strategic merge patches (verb `patch`).
     p(
         "coordination.k8s.io",
         "leases",
-        &["create", "get", "update"],
+        &["create", "get", "patch"],
         Scope::ReleaseNamespace,
     ),
 ];
