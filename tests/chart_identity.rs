@@ -12,7 +12,10 @@ use datastorage::operator::{self, LeaderElection};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use support::TestDb;
 use support::chart::{chart_dir, kubebin, run};
-use support::kube::{audit_yaml, ensure_crds, eventually, kubeconfig, kubectl, kubectl_raw};
+use support::kube::{
+    audit_yaml, ensure_crds, eventually, kubeconfig, kubectl, kubectl_raw, patch_dstore,
+    wait_dstore_phase,
+};
 
 fn helm(args: &[&str]) -> String {
     let config = kubeconfig();
@@ -89,25 +92,8 @@ async fn the_operator_works_with_the_charts_service_account_only() {
 
     // The chart's DataStorage asks for the Local model, which is not configured here: switch it to Hash (as the
     // test's admin) so the store becomes Ready; the operator reads the Secret and writes status as the SA.
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"embedding":{"provider":"Hash"}}}"#,
-        ],
-        None,
-    );
-    eventually(Duration::from_secs(60), "DataStorage Ready", || async {
-        let out = kubectl_raw(
-            &["get", "dstore", &ns, "-o", "jsonpath={.status.phase}"],
-            None,
-        );
-        (String::from_utf8_lossy(&out.stdout) == "Ready").then_some(())
-    })
-    .await;
+    patch_dstore(&ns, r#"{"spec":{"embedding":{"provider":"Hash"}}}"#);
+    wait_dstore_phase(&ns, "Ready", Duration::from_secs(60)).await;
 
     kubectl(
         &["-n", &ns, "apply", "-f", "-"],

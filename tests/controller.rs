@@ -6,7 +6,10 @@ mod support;
 use std::time::Duration;
 
 use sqlx::Row;
-use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually, kubectl, kubectl_raw};
+use support::kube::{
+    EnvOptions, TestEnv, audit_yaml, dstore, dstore_condition, eventually, kubectl, kubectl_raw,
+    patch_dstore, wait_dstore_phase,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -240,8 +243,7 @@ async fn datastorage_reports_versions_and_recovers_from_a_broken_secret() {
     )
     .await;
     let ready = eventually(WAIT, "DataStorage Ready", || async {
-        let out = kubectl_raw(&["get", "dstore", &env.ns, "-o", "json"], None);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = dstore(&env.ns)?;
         (v["status"]["phase"] == "Ready").then_some(v)
     })
     .await;
@@ -264,78 +266,34 @@ async fn datastorage_reports_versions_and_recovers_from_a_broken_secret() {
     );
 
     // Break the Secret reference: DatabaseReachable=False with the reason.
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &env.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"database":{"urlSecretRef":{"name":"nope"}}}}"#,
-        ],
-        None,
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"nope"}}}}"#,
     );
     eventually(WAIT, "DatabaseReachable=False/SecretNotFound", || async {
-        let out = kubectl_raw(&["get", "dstore", &env.ns, "-o", "json"], None);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let c = v["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "DatabaseReachable")?
-            .clone();
-        (c["status"] == "False"
-            && c["reason"] == "SecretNotFound"
-            && v["status"]["phase"] == "Failed")
+        let c = dstore_condition(&env.ns, "DatabaseReachable")?;
+        let phase = dstore(&env.ns)?["status"]["phase"].clone();
+        (c["status"] == "False" && c["reason"] == "SecretNotFound" && phase == "Failed")
             .then_some(())
     })
     .await;
     // Fix it: recovers without a restart.
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &env.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"database":{"urlSecretRef":{"name":"db"}}}}"#,
-        ],
-        None,
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"db"}}}}"#,
     );
-    eventually(WAIT, "DataStorage Ready again", || async {
-        let out = kubectl_raw(
-            &["get", "dstore", &env.ns, "-o", "jsonpath={.status.phase}"],
-            None,
-        );
-        (String::from_utf8_lossy(&out.stdout) == "Ready").then_some(())
-    })
-    .await;
+    wait_dstore_phase(&env.ns, "Ready", WAIT).await;
 
     // Changing the index parameters rebuilds the index live; IndexReady comes back True with the new definition.
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &env.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"vectorIndex":{"m":24,"efConstruction":80}}}"#,
-        ],
-        None,
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"vectorIndex":{"m":24,"efConstruction":80}}}"#,
     );
     let store = env.store().await;
     eventually(WAIT, "the HNSW index rebuilt with m=24", || async {
         let def = store.index_definition().await.ok()??;
-        let out = kubectl_raw(
-            &[
-                "get",
-                "dstore",
-                &env.ns,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"IndexReady\")].status}",
-            ],
-            None,
-        );
-        (def.contains("m='24'") && String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+        let ready = dstore_condition(&env.ns, "IndexReady")?["status"] == "True";
+        (def.contains("m='24'") && ready).then_some(())
     })
     .await;
 }
@@ -367,28 +325,14 @@ async fn unsupported_versions_block_writes() {
     )
     .await;
     assert!(msg.contains("writes are blocked"), "{msg}");
-    let out = kubectl(&["get", "dstore", &env.ns, "-o", "json"], None);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let c = v["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "VersionsSupported")
-        .unwrap();
+    let c = dstore_condition(&env.ns, "VersionsSupported").unwrap();
     assert_eq!(c["status"], "False");
     assert!(c["message"].as_str().unwrap().contains("pgvector 0.8"));
 
     // Lowering the requirement unblocks the write without a restart.
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &env.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"requirements":{"minPostgresMajor":16,"minPgvector":"0.5.1"}}}"#,
-        ],
-        None,
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"requirements":{"minPostgresMajor":16,"minPgvector":"0.5.1"}}}"#,
     );
     env.wait_state("blocked", "Persisted", Duration::from_secs(120))
         .await;

@@ -8,7 +8,10 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually, kubectl, kubectl_raw};
+use support::kube::{
+    EnvOptions, TestEnv, audit_yaml, dstore_condition, eventually, kubectl, kubectl_raw,
+    patch_dstore,
+};
 
 /// `name{labels} value` lines of a scrape, keyed by the whole series text.
 fn parse(scrape: &str) -> HashMap<String, f64> {
@@ -89,29 +92,12 @@ async fn the_named_metrics_move_with_the_workload() {
     assert_eq!(http.get(&list).send().await.unwrap().status(), 401);
 
     // The embedding provider breaks: the next audit is stored without its vector (fallback, dual-write failure).
-    kubectl(
-        &[
-            "patch",
-            "dstore",
-            &env.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"embedding":{"provider":"OpenAI","endpoint":"http://127.0.0.1:9","model":"gone","timeout":"300ms"}}}"#,
-        ],
-        None,
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"embedding":{"provider":"OpenAI","endpoint":"http://127.0.0.1:9","model":"gone","timeout":"300ms"}}}"#,
     );
     eventually(wait, "EmbeddingReady=False", || async {
-        let out = kubectl_raw(
-            &[
-                "get",
-                "dstore",
-                &env.ns,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"EmbeddingReady\")].status}",
-            ],
-            None,
-        );
-        (String::from_utf8_lossy(&out.stdout) == "False").then_some(())
+        (dstore_condition(&env.ns, "EmbeddingReady")?["status"] == "False").then_some(())
     })
     .await;
     env.kubectl(

@@ -60,10 +60,6 @@ pub struct Prepared {
     pub end_time: Option<DateTime<Utc>>,
 }
 
-/// Fields whose values are opaque identifiers: never rewritten (a secret there is the caller's bug, and rewriting
-/// would break uniqueness), but still checked for markup by validation.
-const OPAQUE_IDS: [&str; 2] = ["remediationRequestId", "alertFingerprint"];
-
 /// Validates and sanitizes one generation of a RemediationAudit. Pure: `now` is passed in.
 pub fn prepare(
     meta: &AuditMeta,
@@ -86,7 +82,7 @@ pub fn prepare(
 
     // Short text fields: secrets are redacted (markup there was already rejected by validation).
     let mut short = |field: &str, value: &str| -> String {
-        if !config.redact_secrets || OPAQUE_IDS.contains(&field) {
+        if !config.redact_secrets || validate::OPAQUE_ID_FIELDS.contains(&field) {
             return value.to_string();
         }
         let (redacted, kinds) = sanitize::redact_secrets(value);

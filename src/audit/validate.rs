@@ -265,8 +265,9 @@ fn check_text(
     }
 }
 
-/// Identifiers stored verbatim (never redacted); see [`crate::audit::prepare`].
-const OPAQUE_ID_FIELDS: [&str; 2] = ["remediationRequestId", "alertFingerprint"];
+/// Identifiers stored verbatim: never redacted by [`crate::audit::prepare`] (rewriting would break uniqueness),
+/// so validation refuses one that carries a credential.
+pub const OPAQUE_ID_FIELDS: [&str; 2] = ["remediationRequestId", "alertFingerprint"];
 
 /// Depth, NUL characters and size of `details`. The paths in the messages (which end up in the CR's status, events
 /// and logs) name each key with its secrets redacted: a key may itself hold one (`{"password=x": …}`).

@@ -118,6 +118,37 @@ where
     }
 }
 
+/// `kubectl patch dstore NAME --type=merge -p PATCH`.
+pub fn patch_dstore(name: &str, merge_patch: &str) {
+    kubectl(
+        &["patch", "dstore", name, "--type=merge", "-p", merge_patch],
+        None,
+    );
+}
+
+/// The DataStorage as JSON, or None while it cannot be read.
+pub fn dstore(name: &str) -> Option<serde_json::Value> {
+    let out = kubectl_raw(&["get", "dstore", name, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// One condition of the DataStorage's status.
+pub fn dstore_condition(name: &str, type_: &str) -> Option<serde_json::Value> {
+    dstore(name)?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Waits until the DataStorage's phase is `phase`.
+pub async fn wait_dstore_phase(name: &str, phase: &str, timeout: Duration) {
+    eventually(timeout, &format!("DataStorage {name} {phase}"), || async {
+        (dstore(name)?["status"]["phase"] == phase).then_some(())
+    })
+    .await;
+}
+
 /// One test's world: a namespace, a database, a Secret with its URL, a DataStorage named like the namespace,
 /// and an operator serving exactly those.
 pub struct TestEnv {
