@@ -1,8 +1,7 @@
 //! `make bench`: each figure measured next to a baseline in the same run, written to `target/bench/results.json`
 //! and summarized in `docs/benchmarks.md`. Sizes scale with `BENCH_SCALE` (`small` default, `large`).
 //!
-//! Implemented so far: store_throughput, embed_throughput, list_query, metrics_overhead. The others of the
-//! benchmark plan (vector_write, semantic_search at 100k, cr_to_persisted) are listed as not yet measured.
+//! One module per benchmark family; `BENCH_ONLY=a,b` runs a subset.
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
@@ -94,14 +93,26 @@ async fn main() -> anyhow::Result<()> {
         started_at: Utc::now().to_rfc3339(),
     };
 
-    println!("== store_throughput");
-    store_throughput(&mut bench, &url, if large { 20_000 } else { 4_000 }).await?;
-    println!("== embed_throughput");
-    embed_throughput(&mut bench, &model_dir, if large { 1024 } else { 256 }).await?;
-    println!("== list_query");
-    list_query(&mut bench, &url, 1_000_000).await?;
-    println!("== metrics_overhead");
-    metrics_overhead(&mut bench)?;
+    // BENCH_ONLY=name,name runs a subset (handy while working on one benchmark).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let selected = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
+
+    if selected("store_throughput") {
+        println!("== store_throughput");
+        store_throughput(&mut bench, &url, if large { 20_000 } else { 4_000 }).await?;
+    }
+    if selected("embed_throughput") {
+        println!("== embed_throughput");
+        embed_throughput(&mut bench, &model_dir, if large { 1024 } else { 256 }).await?;
+    }
+    if selected("list_query") {
+        println!("== list_query");
+        list_query(&mut bench, &url, 1_000_000).await?;
+    }
+    if selected("metrics_overhead") {
+        println!("== metrics_overhead");
+        metrics_overhead(&mut bench)?;
+    }
 
     std::fs::create_dir_all(&out_dir)?;
     let results = Value::Array(bench.results.clone());
