@@ -52,7 +52,7 @@
 //! | kind | rule (only the secret part is replaced) |
 //! |---|---|
 //! | `password_json`, `api_key_json`, `token_json`, `secret_json` | `"<secret key name>": "<value>"` or a number, also `'k': 'v'` and one level of escaped JSON `\"k\":\"v\"`; also `{"name":"DB_PASSWORD","value":"…"}` |
-//! | `password_kv`, `api_key`, `token`, `secret` | `<name>=<value>`, `--<name> <value>`, `<name>:<value>` (no space, Go maps), and `<name>: <value>` only at the start of a line or after one of `, ; { ( [ \| & " '` (so prose such as `failed to refresh token: oauth2: …` is kept); also YAML `name: DB_PASSWORD` + `value: …` |
+//! | `password_kv`, `api_key`, `token`, `secret` | `<name>=<value>`, `--<name> <value>`, `<name>:<value>` (no space, Go maps), and `<name>: <value>` at the start of a line or after one of `, ; { ( [ \| & " '`, elsewhere only when the value plainly is a credential (so prose such as `failed to refresh token: oauth2: …` is kept); also YAML `name: DB_PASSWORD` + `value: …` |
 //! | `password_url` | `scheme://user:PASSWORD@host` for any scheme other than the four databases |
 //! | `postgres_url`, `mysql_url`, `mongodb_url`, `redis_url` | same, for `postgres(ql)`, `mysql`/`mariadb`, `mongodb(+srv)`, `redis(s)` (also `scheme+driver://`; `redis://:PASSWORD@host`) |
 //! | `openai_key` | `sk-` (optionally `proj-`, `svcacct-`, `admin-`) + ≥ 20 of `[A-Za-z0-9_-]`, containing an upper-case letter and a digit (so `sk-learn-pipeline-worker-deployment` is kept) |
@@ -74,7 +74,9 @@
 //! # Known limitations
 //!
 //! * A password written in prose (`invalid password: too short`) is only redacted
-//!   in the line-start/after-separator positions listed above; conversely a
+//!   in the line-start/after-separator positions listed above, or when the value
+//!   plainly is a credential (≥ 10 characters mixing letters and digits, or a
+//!   ≥ 24-character non-word token: `login with password: Zq9xT4mPq2`); conversely a
 //!   `key: value` line at the start of a line is always treated as a secret.
 //! * Bare values stop at whitespace, `" ' < > , ; & \`; a secret containing one
 //!   of those characters is only partly redacted unless it is quoted.
@@ -390,7 +392,7 @@ static RULES: LazyLock<Rules> = LazyLock::new(|| {
             r#"(?i)'(?P<key>[A-Za-z0-9_.-]*(?:{KW_JSON}))'\s*:\s*'(?P<val>[^'\n]*)'"#
         )),
         kv: compile(&format!(
-            r#"(?i)(?:(?:^|[\n\r,;{{(\[|&"'])[ \t]*(?P<ckey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]*:[ \t]*|(?P<ekey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]*=[ \t]*|(?P<gkey>[A-Za-z0-9_.-]*(?:{KW_PLAIN})):|(?:^|[ \t])--(?P<fkey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]+){kv_value}"#
+            r#"(?i)(?:(?:^|[\n\r,;{{(\[|&"'])[ \t]*(?P<ckey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]*:[ \t]*|(?P<ekey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]*=[ \t]*|(?P<gkey>[A-Za-z0-9_.-]*(?:{KW_PLAIN})):|(?:^|[ \t\n\r])--(?P<fkey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]+|(?:^|[ \t])(?P<pkey>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))[ \t]*:[ \t]+){kv_value}"#
         )),
         env_yaml: compile(&format!(
             r#"(?i)(?:^|[^A-Za-z0-9_.-])name:[ \t]*["']?(?P<key>[A-Za-z0-9_.-]*(?:{KW_PLAIN}))["']?[ \t]*\r?\n[ \t]*(?:-[ \t]+)?value:[ \t]*(?:"(?P<dq>(?:[^"\\\n]|\\.)*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s"'#][^\n]*))"#
@@ -640,28 +642,68 @@ fn collect_keyed_json(re: &Regex, text: &str, out: &mut Vec<Cand>) {
 }
 
 fn collect_kv(rules: &Rules, text: &str, out: &mut Vec<Cand>) {
-    for c in rules.kv.captures_iter(text) {
-        let Some(key) = first_group(&c, &["ckey", "ekey", "gkey", "fkey"]) else {
-            continue;
+    // A match whose value is not taken (trivial, a reference, prose) resumes the scan right after its key, so a
+    // value that is itself a key (`password:  password: Zq9xT4mPq2`) still gets its own match.
+    let mut pos = 0;
+    while let Some(c) = rules.kv.captures_at(text, pos) {
+        let Some(key) = first_group(&c, &["ckey", "ekey", "gkey", "fkey", "pkey"]) else {
+            break;
         };
-        let Some(class) = classify_key(key.as_str()) else {
-            continue;
-        };
-        let (start, end) = if let Some(v) = first_group(&c, &["dq", "eq", "sq"]) {
-            (v.start(), v.end())
-        } else if let Some(v) = c.name("bare") {
-            let len = trim_unbalanced(v.as_str());
-            if is_trivial_value(&v.as_str()[..len]) {
-                continue;
-            }
-            (v.start(), v.start() + len)
+        let whole_end = c.get(0).map_or(text.len(), |m| m.end());
+        pos = if kv_value_taken(&c, key.as_str(), text, out) {
+            whole_end
         } else {
-            continue;
+            key.end()
         };
-        if !is_reference_value(key.as_str(), &text[start..end]) {
-            push(out, start, end, class.plain_kind());
-        }
     }
+}
+
+/// Pushes the value of one `kv` match as a candidate; false when it is not a secret.
+fn kv_value_taken(c: &Captures<'_>, key: &str, text: &str, out: &mut Vec<Cand>) -> bool {
+    // `<name>: <value>` in the middle of prose: only a value that is plainly a credential, so that
+    // `invalid password: too short` or `failed to refresh token: oauth2: …` are kept.
+    let prose = c.name("pkey").is_some();
+    let Some(class) = classify_key(key) else {
+        return false;
+    };
+    let (start, end) = if let Some(v) = first_group(c, &["dq", "eq", "sq"]) {
+        (v.start(), v.end())
+    } else if let Some(v) = c.name("bare") {
+        let len = trim_unbalanced(v.as_str());
+        if is_trivial_value(&v.as_str()[..len]) {
+            return false;
+        }
+        // `--password --token x`, `password= client_secret: x`: the next key is not this key's value.
+        let value = &v.as_str()[..len];
+        let next_key = value
+            .strip_prefix("--")
+            .or_else(|| value.strip_suffix(':'))
+            .is_some_and(|k| classify_key(k).is_some());
+        if next_key {
+            return false;
+        }
+        (v.start(), v.start() + len)
+    } else {
+        return false;
+    };
+    if prose && !looks_like_prose_credential(&text[start..end]) {
+        return false;
+    }
+    if is_reference_value(key, &text[start..end]) {
+        return false;
+    }
+    push(out, start, end, class.plain_kind());
+    true
+}
+
+/// Stricter than [`looks_like_credential`], for values after `password: ` in running prose: at least 10
+/// characters mixing letters and digits (`Zq9xT4…`), or at least 24 characters of one token.
+fn looks_like_prose_credential(t: &str) -> bool {
+    let len = t.chars().count();
+    let has_digit = t.bytes().any(|b| b.is_ascii_digit());
+    let has_alpha = t.bytes().any(|b| b.is_ascii_alphabetic());
+    let word_like = t.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+    (len >= 10 && has_digit && has_alpha) || (len >= 24 && !word_like)
 }
 
 fn collect_env_pairs(rules: &Rules, text: &str, out: &mut Vec<Cand>) {
@@ -1682,6 +1724,16 @@ mod tests {
             &["password_json"],
         ),
         // password_kv
+        (
+            "login failed with password: Zq9xT4mPq2 for bob",
+            "login failed with password: [REDACTED:password_kv] for bob",
+            &["password_kv"],
+        ),
+        (
+            "prod api_key: ak_live_AbCdEfGhIjKlMnOpQrSt",
+            "prod api_key: [REDACTED:api_key]",
+            &["api_key"],
+        ),
         (
             "password=hunter2 user=bob",
             "password=[REDACTED:password_kv] user=bob",
