@@ -505,3 +505,242 @@ async fn retention_drops_an_old_partition_but_keeps_legal_hold_rows() {
         .await;
     assert!(del.unwrap_err().to_string().contains("immutable"));
 }
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Group commit: a batch mixing new audits (with and without vectors), a newer generation, a replay, duplicates
+/// (against a stored audit and inside the batch) and an invalid uid gives each write the outcome the one-audit
+/// path gives it, and every stored chain verifies.
+#[tokio::test]
+async fn batch_write_gives_each_audit_its_own_outcome() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    // Already stored: one audit at generation 1 (to be updated and replayed) and one holding rr-taken.
+    let (u_old, u_taken) = (uid(), uid());
+    let old_g1 = prepared(&u_old, 1, &spec("rr-old"));
+    let taken = prepared(&u_taken, 1, &spec("rr-taken"));
+    for p in [&old_g1, &taken] {
+        store
+            .write_audit(&AuditWrite {
+                prepared: p,
+                embedding: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    let new_plain: Vec<Prepared> = (0..20)
+        .map(|i| prepared(&uid(), 1, &spec(&format!("rr-new-{i}"))))
+        .collect();
+    let new_vec = prepared(&uid(), 1, &spec("rr-new-vec"));
+    let mut g2_spec = spec("rr-old");
+    g2_spec.outcome = AuditOutcome::Failure;
+    let old_g2 = prepared(&u_old, 2, &g2_spec);
+    let replay = prepared(&u_taken, 1, &spec("rr-taken"));
+    let dup_stored = prepared(&uid(), 1, &spec("rr-taken"));
+    let dup_a = prepared(&uid(), 1, &spec("rr-twice"));
+    let dup_b = prepared(&uid(), 1, &spec("rr-twice"));
+    let mut bad_uid = prepared(&uid(), 1, &spec("rr-bad-uid"));
+    bad_uid.record.uid = "not-a-uuid".into();
+
+    let mut writes: Vec<AuditWrite<'_>> = new_plain
+        .iter()
+        .map(|p| AuditWrite {
+            prepared: p,
+            embedding: None,
+        })
+        .collect();
+    let vector = EmbeddingRow {
+        model_id: "test-model".into(),
+        vector: unit_vector(3),
+    };
+    for (p, e) in [
+        (&new_vec, Some(vector.clone())),
+        (&old_g2, None),
+        (&replay, None),
+        (&dup_stored, None),
+        (&dup_a, None),
+        (&dup_b, None),
+        (&bad_uid, None),
+    ] {
+        writes.push(AuditWrite {
+            prepared: p,
+            embedding: e,
+        });
+    }
+    let results = store.write_audits(&writes).await;
+    assert_eq!(results.len(), writes.len());
+
+    let mut ids = Vec::new();
+    for r in &results[..20] {
+        match r {
+            Ok(WriteOutcome::Stored(s)) => {
+                assert_eq!(s.generation, 1);
+                assert!(!s.embedding_stored);
+                ids.push(s.audit_id);
+            }
+            other => panic!("new audit not stored: {other:?}"),
+        }
+    }
+    match &results[20] {
+        Ok(WriteOutcome::Stored(s)) => {
+            assert!(s.embedding_stored);
+            assert_eq!(
+                store.embedding_of(s.audit_id).await.unwrap().unwrap().len(),
+                384
+            );
+            ids.push(s.audit_id);
+        }
+        other => panic!("new audit with vector: {other:?}"),
+    }
+    match &results[21] {
+        Ok(WriteOutcome::Stored(s)) => {
+            assert_eq!(s.generation, 2);
+            ids.push(s.audit_id);
+        }
+        other => panic!("newer generation: {other:?}"),
+    }
+    assert!(
+        matches!(&results[22], Ok(WriteOutcome::Unchanged(_))),
+        "{:?}",
+        results[22]
+    );
+    assert!(
+        matches!(&results[23], Ok(WriteOutcome::Duplicate { .. })),
+        "{:?}",
+        results[23]
+    );
+    // Exactly one of the two in-batch twins is stored, the other is its duplicate.
+    let twins = [&results[24], &results[25]];
+    assert_eq!(
+        twins
+            .iter()
+            .filter(|r| matches!(r, Ok(WriteOutcome::Stored(_))))
+            .count(),
+        1,
+        "{twins:?}"
+    );
+    assert_eq!(
+        twins
+            .iter()
+            .filter(|r| matches!(r, Ok(WriteOutcome::Duplicate { .. })))
+            .count(),
+        1,
+        "{twins:?}"
+    );
+    assert!(
+        matches!(&results[26], Err(e) if e.kind() == "invalid"),
+        "{:?}",
+        results[26]
+    );
+
+    // 2 before + 20 + 1 + 1 twin; one history row per stored generation; every chain verifies, in Rust and SQL.
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audits")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(audits, 24);
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_history")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(history, 25);
+    for id in ids {
+        assert!(store.verify_chain(id).await.unwrap().iter().all(|c| c.ok));
+        assert!(
+            store
+                .verify_chain_sql(id)
+                .await
+                .unwrap()
+                .iter()
+                .all(|c| c.ok)
+        );
+    }
+    // Same outcome as the one-audit path: writing a batch audit again alone is a replay.
+    let again = store
+        .write_audit(&AuditWrite {
+            prepared: &new_plain[0],
+            embedding: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(again, WriteOutcome::Unchanged(_)));
+}
+
+/// Concurrent writers through the group-commit batcher: every audit stored exactly once, in shared batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batcher_stores_concurrent_writes_exactly_once() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let batcher = datastorage::store::batch::WriteBatcher::spawn(store.clone(), 2, 64);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let batcher = batcher.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = std::sync::Arc::new(prepared(&uid(), 1, &spec(&format!("rr-c-{i}"))));
+            batcher.write(p, None).await
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        if let Ok(WriteOutcome::Stored(_)) = t.await.unwrap() {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 300);
+    // Writes that arrive together share transactions.
+    assert!(
+        batcher.batches_written() < 300,
+        "{} batches for 300 concurrent writes",
+        batcher.batches_written()
+    );
+    let (rows, distinct, history): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audits), (SELECT count(DISTINCT remediation_request_id) FROM audits),
+                (SELECT count(*) FROM audit_history)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((rows, distinct, history), (300, 300, 300));
+    let broken: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audits a, LATERAL verify_audit_chain(a.id) v WHERE NOT v.ok",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(broken, 0);
+}
+
+/// A batch that cannot reach the database fails every audit with a connection error (none is reported stored).
+#[tokio::test]
+async fn batch_against_an_unreachable_database_fails_every_audit() {
+    let mut config =
+        datastorage::store::StoreConfig::new("postgres://nobody@127.0.0.1:1/none", "datastorage")
+            .unwrap();
+    config.acquire_timeout = std::time::Duration::from_secs(2);
+    let store = datastorage::store::Store::connect_lazy(&config).unwrap();
+    let ps: Vec<Prepared> = (0..5)
+        .map(|i| prepared(&uid(), 1, &spec(&format!("rr-u-{i}"))))
+        .collect();
+    let writes: Vec<AuditWrite<'_>> = ps
+        .iter()
+        .map(|p| AuditWrite {
+            prepared: p,
+            embedding: None,
+        })
+        .collect();
+    let results = store.write_audits(&writes).await;
+    assert_eq!(results.len(), 5);
+    for r in results {
+        match r {
+            Err(e) => assert!(
+                ["connection", "pool_timeout"].contains(&e.kind()),
+                "unexpected error kind {}: {e}",
+                e.kind()
+            ),
+            Ok(o) => panic!("stored without a database: {o:?}"),
+        }
+    }
+}

@@ -27,7 +27,7 @@ use crate::audit::status::{self, Outcome};
 use crate::audit::validate::{FieldError, Reason};
 use crate::audit::{AuditMeta, Prepared, prepare};
 use crate::crd::{AuditState, EmbeddingState, RemediationAudit, RemediationAuditStatus};
-use crate::store::{AuditWrite, EmbeddingRow, StoreError, WriteOutcome};
+use crate::store::{EmbeddingRow, StoreError, WriteOutcome};
 
 /// Finalizer that marks the stored audit deleted when its resource goes.
 pub const FINALIZER: &str = "datastorage.kubernaut.ai/audit";
@@ -167,13 +167,9 @@ async fn reconcile_inner(
         .write_duration
         .with_label_values(&["audits"])
         .start_timer();
-    let written = rt
-        .store
-        .write_audit(&AuditWrite {
-            prepared: &prepared,
-            embedding,
-        })
-        .await;
+    // (Group commit: audits reconciled at the same time share one transaction; see store::batch.)
+    let prepared = Arc::new(prepared);
+    let written = rt.writer.write(prepared.clone(), embedding).await;
     timer.observe_duration();
     let outcome = match written {
         Err(e) => {

@@ -34,6 +34,7 @@ use crate::crd::{
 };
 use crate::embed::{self, Embedder};
 use crate::metrics::Metrics;
+use crate::store::batch::WriteBatcher;
 use crate::store::index::IndexParams;
 use crate::store::versions::check_versions;
 use crate::store::{Store, StoreConfig};
@@ -41,6 +42,9 @@ use crate::store::{Store, StoreConfig};
 const CONTROLLER: &str = "datastorage";
 const RECHECK_OK: Duration = Duration::from_secs(60);
 const RECHECK_PROBLEM: Duration = Duration::from_secs(5);
+/// Group commit: two writer tasks (one writes while the other gathers), batches of up to 128 new audits.
+const WRITE_BATCHERS: usize = 2;
+const WRITE_BATCH_MAX: usize = 128;
 
 /// State of the DataStorage controller.
 pub struct DsContext {
@@ -267,6 +271,7 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
         (Some(store), true) if checks.is_true("DatabaseReachable") => {
             Some(Arc::new(StoreRuntime {
                 store: store.clone(),
+                writer: WriteBatcher::spawn(store.clone(), WRITE_BATCHERS, WRITE_BATCH_MAX),
                 sanitize: SanitizeConfig {
                     redact_secrets: spec.sanitization.redact_secrets,
                     html: match spec.sanitization.html {

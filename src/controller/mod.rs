@@ -19,6 +19,7 @@ use crate::audit::SanitizeConfig;
 use crate::embed::Embedder;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::batch::WriteBatcher;
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "datastorage-operator";
@@ -27,6 +28,8 @@ pub const MANAGER: &str = "datastorage-operator";
 #[derive(Clone)]
 pub struct StoreRuntime {
     pub store: Store,
+    /// Group commit of new audits (the reconciles' writes go through it).
+    pub writer: WriteBatcher,
     pub sanitize: SanitizeConfig,
     /// `None` when embeddings are disabled or the provider cannot be built.
     pub embedder: Option<Arc<dyn Embedder>>,

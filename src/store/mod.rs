@@ -15,6 +15,7 @@ use crate::audit::Prepared;
 use crate::audit::record::{self, ChainCheck, HistoryEntry};
 use crate::crd::TlsMode;
 
+pub mod batch;
 pub mod index;
 pub mod list;
 pub mod search;
