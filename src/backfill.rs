@@ -12,6 +12,11 @@ use crate::store::EmbeddingRow;
 
 const IDLE: Duration = Duration::from_secs(5);
 const BATCH: i64 = 32;
+/// While writes are embedding their audits (within `WRITES_ACTIVE`), the backfill takes small batches so the
+/// writes' embeddings keep their time budget; what it catches up with then is mostly in the embedding cache.
+const BATCH_UNDER_WRITES: i64 = 4;
+const WRITES_ACTIVE: Duration = Duration::from_secs(1);
+const YIELD_TO_WRITES: Duration = Duration::from_millis(250);
 const EMBED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs until the task is aborted. Only the leader runs it.
@@ -23,7 +28,12 @@ pub async fn run(ctx: Arc<Context>) {
                 failures = 0;
                 tokio::time::sleep(IDLE).await;
             }
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                if ctx.writes_embedding_within(WRITES_ACTIVE) {
+                    tokio::time::sleep(YIELD_TO_WRITES).await;
+                }
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = crate::controller::backoff_delay(failures).min(Duration::from_secs(60));
@@ -49,7 +59,14 @@ pub async fn step(ctx: &Context) -> Result<usize, String> {
     let model = embedder.model_id().to_string();
     let pending = rt
         .store
-        .pending_embeddings(&model, BATCH)
+        .pending_embeddings(
+            &model,
+            if ctx.writes_embedding_within(WRITES_ACTIVE) {
+                BATCH_UNDER_WRITES
+            } else {
+                BATCH
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     if pending.is_empty() {

@@ -27,7 +27,7 @@ use crate::audit::status::{self, Outcome};
 use crate::audit::validate::{FieldError, Reason};
 use crate::audit::{AuditMeta, Prepared, prepare};
 use crate::crd::{AuditState, EmbeddingState, RemediationAudit, RemediationAuditStatus};
-use crate::store::{EmbeddingRow, StoreError, WriteOutcome};
+use crate::store::{EmbeddingRow, StoreError, StoredAudit, WriteOutcome};
 
 /// Finalizer that marks the stored audit deleted when its resource goes.
 pub const FINALIZER: &str = "datastorage.kubernaut.ai/audit";
@@ -91,7 +91,9 @@ async fn reconcile_inner(
     if ra.meta().deletion_timestamp.is_some() {
         return finalize(ra, &api, ctx).await;
     }
-    if !ra.finalizers().iter().any(|f| f == FINALIZER) {
+    // Without our finalizer this is the object's first reconcile: nothing of it can be stored yet.
+    let seen_before = ra.finalizers().iter().any(|f| f == FINALIZER);
+    if !seen_before {
         add_finalizer(ra, &api).await?;
     }
 
@@ -157,63 +159,32 @@ async fn reconcile_inner(
         }
     };
 
-    // 5. Embed within the budget.
-    let embedding = embed_in_budget(&rt, &prepared, ctx).await;
-    let has_vector = embedding.is_some();
-
-    // 6. One transaction.
-    let timer = ctx
-        .metrics
-        .write_duration
-        .with_label_values(&["audits"])
-        .start_timer();
-    // (Group commit: audits reconciled at the same time share one transaction; see store::batch.)
+    // 5. Already stored? A reconcile that runs before the status of the write that stored this generation is seen
+    //    (the finalizer's own watch event, a pending-vector recheck) takes the stored audit instead of embedding
+    //    and writing again.
+    let already = if seen_before {
+        rt.store
+            .stored_audit(&meta.uid)
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.generation >= meta.generation)
+    } else {
+        None
+    };
     let prepared = Arc::new(prepared);
-    let written = rt.writer.write(prepared.clone(), embedding).await;
-    timer.observe_duration();
-    let outcome = match written {
-        Err(e) => {
-            ctx.metrics
-                .write_total
-                .with_label_values(&["audits", "failure"])
-                .inc();
-            warn!(audit = %key, error = %e, "write failed; will retry");
-            set_status(
-                ra,
-                &api,
-                &Outcome::Retrying {
-                    reason: "DatabaseError",
-                    message: e.to_string(),
-                },
-            )
-            .await?;
-            return Err(Error::Store(e));
-        }
-        Ok(WriteOutcome::Duplicate { namespace, name }) => {
-            let errors = vec![FieldError::new(
-                "remediationRequestId",
-                Reason::Duplicate,
-                format!(
-                    "{:?} is already stored for RemediationAudit {namespace}/{name}",
-                    prepared.record.remediation_request_id
-                ),
-            )];
-            count_rejections(ctx, &errors);
-            set_status(ra, &api, &Outcome::Rejected { errors }).await?;
-            return Ok(Action::await_change());
-        }
-        Ok(WriteOutcome::Stored(stored)) => {
-            record_write(ctx, &prepared, has_vector, true);
-            info!(audit = %key, id = stored.audit_id, generation = stored.generation, "stored");
-            stored
-        }
-        Ok(WriteOutcome::Unchanged(stored)) => {
+    let outcome = match already {
+        Some(stored) => {
             ctx.metrics
                 .write_total
                 .with_label_values(&["audits", "unchanged"])
                 .inc();
             stored
         }
+        None => match embed_and_write(ra, &api, &rt, &prepared, ctx, &key).await? {
+            Some(stored) => stored,
+            None => return Ok(Action::await_change()),
+        },
     };
     ctx.reset_backoff(&key);
 
@@ -250,25 +221,101 @@ async fn reconcile_inner(
     after_persisted(ra, &api, ctx).await
 }
 
+/// Embeds (within the runtime's budget) and writes one new generation. `None`: rejected as a duplicate (status
+/// already set).
+async fn embed_and_write(
+    ra: &RemediationAudit,
+    api: &Api<RemediationAudit>,
+    rt: &StoreRuntime,
+    prepared: &Arc<Prepared>,
+    ctx: &Context,
+    key: &str,
+) -> Result<Option<StoredAudit>, Error> {
+    // Embed within the budget.
+    let embedding = embed_in_budget(rt, prepared, ctx).await;
+    let has_vector = embedding.is_some();
+
+    // One transaction.
+    let timer = ctx
+        .metrics
+        .write_duration
+        .with_label_values(&["audits"])
+        .start_timer();
+    // (Group commit: audits reconciled at the same time share one transaction; see store::batch.)
+    let written = rt.writer.write(prepared.clone(), embedding).await;
+    timer.observe_duration();
+    Ok(Some(match written {
+        Err(e) => {
+            ctx.metrics
+                .write_total
+                .with_label_values(&["audits", "failure"])
+                .inc();
+            warn!(audit = %key, error = %e, "write failed; will retry");
+            set_status(
+                ra,
+                api,
+                &Outcome::Retrying {
+                    reason: "DatabaseError",
+                    message: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(Error::Store(e));
+        }
+        Ok(WriteOutcome::Duplicate { namespace, name }) => {
+            let errors = vec![FieldError::new(
+                "remediationRequestId",
+                Reason::Duplicate,
+                format!(
+                    "{:?} is already stored for RemediationAudit {namespace}/{name}",
+                    prepared.record.remediation_request_id
+                ),
+            )];
+            count_rejections(ctx, &errors);
+            set_status(ra, api, &Outcome::Rejected { errors }).await?;
+            return Ok(None);
+        }
+        Ok(WriteOutcome::Stored(stored)) => {
+            record_write(ctx, prepared, has_vector, true);
+            info!(audit = %key, id = stored.audit_id, generation = stored.generation, "stored");
+            stored
+        }
+        Ok(WriteOutcome::Unchanged(stored)) => {
+            ctx.metrics
+                .write_total
+                .with_label_values(&["audits", "unchanged"])
+                .inc();
+            stored
+        }
+    }))
+}
+
 /// Tries to get the audit's vector within the runtime's time budget. `None` means "store the row alone".
+///
+/// The embedding runs as its own task: when the budget runs out the row is stored alone, but the vector is still
+/// computed and lands in the embedding cache, where the backfill finds it instead of computing it again.
 async fn embed_in_budget(
     rt: &StoreRuntime,
     prepared: &Prepared,
     ctx: &Context,
 ) -> Option<EmbeddingRow> {
-    let embedder = rt.embedder.as_ref()?;
+    let embedder = rt.embedder.clone()?;
+    ctx.note_write_embedding();
     let texts = [prepared.embedding_text.clone()];
-    let reason = match tokio::time::timeout(rt.embed_timeout, embedder.embed(&texts)).await {
-        Ok(Ok(mut vectors)) if vectors.len() == 1 => {
+    let model_id = embedder.model_id().to_string();
+    let task = tokio::spawn(async move { embedder.embed(&texts).await });
+    let reason = match tokio::time::timeout(rt.embed_timeout, task).await {
+        Ok(Ok(Ok(mut vectors))) if vectors.len() == 1 => {
             let vector = vectors.pop().unwrap_or_default();
-            return Some(EmbeddingRow {
-                model_id: embedder.model_id().to_string(),
-                vector,
-            });
+            return Some(EmbeddingRow { model_id, vector });
         }
-        Ok(Ok(_)) => "provider_error",
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(_))) => "provider_error",
+        Ok(Ok(Err(e))) => {
             debug!(error = %e, "embedding failed; storing the row alone");
+            "provider_error"
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "embedding task failed; storing the row alone");
             "provider_error"
         }
         Err(_) => "timeout",

@@ -9,8 +9,9 @@ pub mod audit;
 pub mod datastorage;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use tokio::sync::watch;
@@ -53,6 +54,9 @@ pub struct Context {
     pub runtime: watch::Receiver<Option<Arc<StoreRuntime>>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When a write last asked for an embedding (ms since `started`): the backfill yields to writes.
+    write_embedding_at: AtomicU64,
+    started: Instant,
 }
 
 impl Context {
@@ -66,7 +70,22 @@ impl Context {
             metrics,
             runtime,
             failures: Mutex::new(HashMap::new()),
+            write_embedding_at: AtomicU64::new(0),
+            started: Instant::now(),
         }
+    }
+
+    /// A write is about to embed its audit.
+    pub fn note_write_embedding(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.write_embedding_at.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a write asked for an embedding within `window`.
+    pub fn writes_embedding_within(&self, window: Duration) -> bool {
+        let at = self.write_embedding_at.load(Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        at != 0 && now.saturating_sub(at) <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn current_runtime(&self) -> Option<Arc<StoreRuntime>> {

@@ -263,6 +263,31 @@ impl Store {
         )))
     }
 
+    /// What is stored for the RemediationAudit with this uid (its current generation), if anything.
+    pub async fn stored_audit(&self, uid: &str) -> Result<Option<StoredAudit>, StoreError> {
+        let uid = Uuid::parse_str(uid).map_err(|_| StoreError::InvalidUid(uid.to_string()))?;
+        let row = sqlx::query(
+            "SELECT a.id, a.generation, a.content_hash, a.chain_hash, a.updated_at,
+                    (e.text_sha IS NOT DISTINCT FROM a.embedding_text_sha) AS embedded
+             FROM audits a LEFT JOIN audit_embeddings e ON e.audit_id = a.id
+             WHERE a.cr_uid = $1",
+        )
+        .bind(uid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(StoredAudit {
+                audit_id: row.try_get("id")?,
+                generation: row.try_get("generation")?,
+                content_hash: row.try_get("content_hash")?,
+                chain_hash: row.try_get("chain_hash")?,
+                persisted_at: row.try_get("updated_at")?,
+                embedding_stored: row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false),
+            })
+        })
+        .transpose()
+    }
+
     async fn duplicate_of(&self, request_id: &str) -> Result<WriteOutcome, StoreError> {
         let row =
             sqlx::query("SELECT namespace, name FROM audits WHERE remediation_request_id = $1")
