@@ -851,9 +851,11 @@ async fn phases(
     let after = snapshot(registry);
     let l = latencies(audits, &samples);
     println!(
-        "    {real_rate:.1} CRs/s; embedded in the write: {}/{n}; apply → Persisted seen under this load: {}",
+        "    {real_rate:.1} CRs/s; embedded in the write: {}/{n}; under this load: apply → Persisted seen {}, \
+         apply call {}",
         l.embedded_in_write,
-        p50_p95(&l.total)
+        p50_p95(&l.total),
+        p50_p95(&l.apply_call)
     );
     let ops = operator_breakdown(&before, &after, n);
     bench.record(
@@ -866,6 +868,8 @@ async fn phases(
         json!({"crs": n, "concurrency": p.concurrency, "embedded_in_write": l.embedded_in_write,
                "latency_under_load_p50_ms": percentile(&l.total, 0.5),
                "latency_under_load_p95_ms": percentile(&l.total, 0.95),
+               "apply_call_p50_ms": percentile(&l.apply_call, 0.5),
+               "apply_call_p95_ms": percentile(&l.apply_call, 0.95),
                "operator": ops}),
     );
     Ok(())

@@ -159,7 +159,7 @@ fn meaning(name: &str) -> &'static str {
             "p95 ms of fetching page 200 (50 rows) with the keyset cursor at 1M rows; baseline: the same page by OFFSET (target ≤ 5 ms)"
         }
         "cr_to_persisted_p50" | "cr_to_persisted_p95" => {
-            "ms from applying a RemediationAudit to a watch seeing `state: Persisted` (operator in-process, fresh local embedding, 10 CRs/s); baseline: apply + status patch of a trivial CR at the same rate (target p95 ≤ 250 ms)"
+            "ms from applying a RemediationAudit to a watch seeing `state: Persisted` (operator in-process, fresh local embedding, 10 CRs/s; params.embedded_in_write = how many got their vector within the write's budget); baseline: apply + status patch of a trivial CR at the same rate (target p95 ≤ 250 ms)"
         }
         "cr_to_persisted_throughput" => {
             "RemediationAudits/s applied with 16 in flight until all are Persisted; baseline: apply + status patch of a trivial CR at the same concurrency"
