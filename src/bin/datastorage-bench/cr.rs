@@ -522,6 +522,66 @@ fn operator_breakdown(before: &MetricsSnapshot, after: &MetricsSnapshot, n: usiz
     Value::Object(out)
 }
 
+/// `apiserver_request_total` for `resource` from the API server's /metrics, summed by `verb[/subresource]`.
+async fn apiserver_requests(
+    client: &Client,
+    resource: &str,
+) -> anyhow::Result<HashMap<String, f64>> {
+    let text = client
+        .request_text(axum::http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let label = |line: &str, name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.find(&key)
+            .and_then(|i| {
+                let rest = &line[i + key.len()..];
+                rest.find('"').map(|j| rest[..j].to_string())
+            })
+            .unwrap_or_default()
+    };
+    let want = format!("resource=\"{resource}\"");
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if !line.starts_with("apiserver_request_total{") || !line.contains(&want) {
+            continue;
+        }
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let sub = label(line, "subresource");
+        let key = if sub.is_empty() {
+            label(line, "verb")
+        } else {
+            format!("{}/{sub}", label(line, "verb"))
+        };
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    Ok(out)
+}
+
+/// Prints (and returns) the API server requests per object between two scrapes, e.g. `PATCH/status: 2.1`.
+fn requests_per_object(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    n: usize,
+    what: &str,
+) -> Value {
+    let mut keys: Vec<&String> = after.keys().collect();
+    keys.sort();
+    let mut out = serde_json::Map::new();
+    let mut parts = Vec::new();
+    for k in keys {
+        let d = after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+        if d > 0.0 && k != "WATCH" {
+            let per = d / n.max(1) as f64;
+            parts.push(format!("{k} {per:.2}"));
+            out.insert(k.clone(), json!(per));
+        }
+    }
+    println!("    API server requests per {what}: {}", parts.join(", "));
+    Value::Object(out)
+}
+
 async fn client(kubeconfig: &str) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
@@ -717,7 +777,7 @@ pub async fn cr_to_persisted(
             trivial,
         });
     }
-    let result = phases(bench, &targets, &running, p).await;
+    let result = phases(bench, &bench_client, &targets, &running, p).await;
     for w in watches {
         w.abort();
     }
@@ -726,6 +786,7 @@ pub async fn cr_to_persisted(
 
 async fn phases(
     bench: &mut Bench,
+    client: &Client,
     targets: &[Target],
     running: &operator::Running,
     p: &Params,
@@ -772,6 +833,7 @@ async fn phases(
         "  latency, RemediationAudit (operator, fresh embeddings): {n_lat} at {}/s",
         p.rate
     );
+    let api_before = apiserver_requests(client, "remediationaudits").await?;
     let before = snapshot(registry);
     let samples = paced(audits, "lat", take(n_lat), n_lat, p.rate).await?;
     let names: Vec<String> = samples.iter().map(|s| s.name.clone()).collect();
@@ -795,6 +857,8 @@ async fn phases(
         windows(audits, &samples, Duration::from_secs(5))
     );
     let ops = operator_breakdown(&before, &after, n_lat);
+    let api_after = apiserver_requests(client, "remediationaudits").await?;
+    let requests = requests_per_object(&api_before, &api_after, n_lat, "RemediationAudit");
     let params = json!({
         "rate_per_s": p.rate, "crs": n_lat, "duration_s": p.latency_secs,
         "embedded_in_write": real.embedded_in_write,
@@ -803,7 +867,7 @@ async fn phases(
         "apply_to_finalizer_p95_ms": percentile(&real.to_finalizer, 0.95),
         "finalizer_to_persisted_p50_ms": percentile(&real.finalizer_to_persisted, 0.5),
         "finalizer_to_persisted_p95_ms": percentile(&real.finalizer_to_persisted, 0.95),
-        "operator": ops,
+        "operator": ops, "apiserver_requests_per_audit": requests,
     });
     for (name, q) in [("cr_to_persisted_p50", 0.5), ("cr_to_persisted_p95", 0.95)] {
         bench.record(
@@ -836,6 +900,7 @@ async fn phases(
         "  throughput, RemediationAudit (operator, fresh embeddings): {n}, {} in flight",
         p.concurrency
     );
+    let api_before = apiserver_requests(client, "remediationaudits").await?;
     let before = snapshot(registry);
     let started = Instant::now();
     let samples = bounded(audits, "tput", take(n), n, p.concurrency).await?;
@@ -858,6 +923,8 @@ async fn phases(
         p50_p95(&l.apply_call)
     );
     let ops = operator_breakdown(&before, &after, n);
+    let api_after = apiserver_requests(client, "remediationaudits").await?;
+    let requests = requests_per_object(&api_before, &api_after, n, "RemediationAudit");
     bench.record(
         "cr_to_persisted_throughput",
         real_rate,
@@ -870,7 +937,7 @@ async fn phases(
                "latency_under_load_p95_ms": percentile(&l.total, 0.95),
                "apply_call_p50_ms": percentile(&l.apply_call, 0.5),
                "apply_call_p95_ms": percentile(&l.apply_call, 0.95),
-               "operator": ops}),
+               "operator": ops, "apiserver_requests_per_audit": requests}),
     );
     Ok(())
 }
