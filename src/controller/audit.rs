@@ -174,13 +174,7 @@ async fn reconcile_inner(
     };
     let prepared = Arc::new(prepared);
     let outcome = match already {
-        Some(stored) => {
-            ctx.metrics
-                .write_total
-                .with_label_values(&["audits", "unchanged"])
-                .inc();
-            stored
-        }
+        Some(stored) => stored,
         None => match embed_and_write(ra, &api, &rt, &prepared, ctx, &key).await? {
             Some(stored) => stored,
             None => return Ok(Action::await_change()),
