@@ -154,7 +154,7 @@ fn meaning(name: &str) -> &'static str {
             "p95 ms of fetching page 200 (50 rows) with the keyset cursor at 1M rows; baseline: the same page by OFFSET (target ≤ 5 ms)"
         }
         "vector_write" | "vector_write_halfvec" => {
-            "embeddings/s stored one by one through Store::store_embedding (the backfill's write) into the HNSW index (m 16, ef_construction 64; vector resp. halfvec) at 100k rows; baseline: single-row raw INSERTs of the same vectors into a table of the same shape and indexes"
+            "embeddings/s stored one by one through Store::store_embedding (the backfill's write) into the HNSW index (m 16, ef_construction 64; vector resp. halfvec) at 100k rows; baseline: single-row raw INSERTs of other audits' vectors into the same table, interleaved"
         }
         n if n.starts_with("semantic_search") && n.ends_with("_recall10") => {
             "recall@10 of Store::search (HNSW + iterative scan) vs exact search, 200 real MiniLM queries over 100k generated audits (ns1pct: filtered to a namespace holding 1 % of rows); baseline: exact search = 1.0 (target ≥ 0.95)"

@@ -5,8 +5,12 @@
 //! Recall only means something with real embeddings, so the audits come from a deterministic, seeded generator of
 //! realistic audits (alerts, actions, targets, error messages with the variety of real clusters), their text is
 //! built by the product's `prepare()` (→ `embedding_text`), and the vectors come from the real MiniLM. Embedding
-//! 100k texts takes ~20 min on 2 cores, so the vectors are cached on disk (see [`cache_path`]), keyed by the model
-//! file's sha256, the generator version and the row count.
+//! the ~35k distinct texts of the 104k audits took ~33 min on 2 shared cores, so the first run computes them and
+//! caches them on disk (see [`cache_path`], ~160 MB), keyed by the model file's sha256, the generator version and
+//! the count; later runs take a few minutes.
+//!
+//! Environment: `BENCH_VECTORS=N` (rows, default 100000; smaller for development), `BENCH_HNSW=m,ef_construction`
+//! (default: the DataStorage defaults 16,64), `DATASTORAGE_CACHE` (cache root, default `~/.cache/datastorage`).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -18,7 +22,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, TimeZone as _, Utc};
 use datastorage::audit::record::{chain_hash, sha256_hex};
 use datastorage::audit::{AuditMeta, Prepared, SanitizeConfig, prepare};
-use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
+use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec, VectorIndexSpec};
 use datastorage::embed::{Embedder, LocalEmbedder, LocalOptions};
 use datastorage::store::index::{INDEX_NAME, IndexParams};
 use datastorage::store::search::{AuditFilters, SearchParams};
@@ -1402,7 +1406,22 @@ pub fn rows() -> usize {
         .unwrap_or(100_000)
 }
 
-/// Further embeddings inserted into the `rows`-row index per element type by `vector_write`.
+/// The HNSW parameters: the DataStorage defaults (m 16, ef_construction 64), or `BENCH_HNSW=m,ef_construction` to
+/// try others (validated like a DataStorage's `vectorIndex`).
+fn index_params() -> anyhow::Result<IndexParams> {
+    let mut spec = VectorIndexSpec::default();
+    if let Ok(v) = std::env::var("BENCH_HNSW") {
+        let (m, efc) = v
+            .split_once(',')
+            .context("BENCH_HNSW must be m,ef_construction")?;
+        spec.m = m.trim().parse()?;
+        spec.ef_construction = efc.trim().parse()?;
+    }
+    IndexParams::from_spec(&spec).map_err(|e| anyhow::anyhow!("BENCH_HNSW: {e}"))
+}
+
+/// Further embeddings inserted into the `rows`-row index per element type by `vector_write` (half through the
+/// product path, half by raw SQL).
 fn extra(rows: usize) -> usize {
     (rows / 50).clamp(200, 2000)
 }
@@ -1461,17 +1480,16 @@ async fn seed_audits(store: &Store, corpus: &Corpus, range: Range<usize>) -> any
     Ok(())
 }
 
-/// Inserts the vectors of audits `range` into `table` (`audit_embeddings` or a copy of its shape).
+/// Inserts the vectors of audits `range` into `audit_embeddings`.
 async fn seed_embeddings(
     store: &Store,
     corpus: &Corpus,
-    table: &str,
     range: Range<usize>,
 ) -> anyhow::Result<()> {
     for chunk in range.collect::<Vec<_>>().chunks(1000) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
-            "INSERT INTO {table} (audit_id, namespace, model_id, text_sha, embedding) "
-        ));
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO audit_embeddings (audit_id, namespace, model_id, text_sha, embedding) ",
+        );
         qb.push_values(chunk, |mut b, &i| {
             let p = &corpus.prepared[i];
             b.push_bind(i as i64 + 1)
@@ -1485,38 +1503,28 @@ async fn seed_embeddings(
     Ok(())
 }
 
-/// Builds the product's HNSW index (the exact DDL of [`IndexParams::create_sql`]) on `table` in one go, with
-/// enough `maintenance_work_mem` for the graph to be built in memory. Returns the build time in seconds.
-async fn build_index(
-    store: &Store,
-    params: IndexParams,
-    table: &str,
-    name: &str,
-) -> anyhow::Result<f64> {
-    let ddl = params.create_sql(name);
-    let ddl = if table == "audit_embeddings" {
-        ddl
-    } else {
-        let replaced = ddl.replacen(" ON audit_embeddings ", &format!(" ON {table} "), 1);
-        anyhow::ensure!(replaced != ddl, "unexpected index DDL: {ddl}");
-        replaced
-    };
+/// Builds the product's HNSW index on `audit_embeddings` (the exact DDL of [`IndexParams::create_sql`], replacing
+/// the current one) in one go, with enough `maintenance_work_mem` for the graph to be built in memory. Returns the
+/// build time in seconds.
+async fn build_index(store: &Store, params: IndexParams) -> anyhow::Result<f64> {
     let mut conn = store.pool().acquire().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {name}")))
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX IF EXISTS {INDEX_NAME}"
+    )))
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("SET maintenance_work_mem = '1GB'")
         .execute(&mut *conn)
         .await?;
     let t = Instant::now();
-    sqlx::query(sqlx::AssertSqlSafe(ddl))
+    sqlx::query(sqlx::AssertSqlSafe(params.create_sql(INDEX_NAME)))
         .execute(&mut *conn)
         .await?;
     let secs = t.elapsed().as_secs_f64();
     sqlx::query("RESET maintenance_work_mem")
         .execute(&mut *conn)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+    sqlx::query("ANALYZE audit_embeddings")
         .execute(&mut *conn)
         .await?;
     Ok(secs)
@@ -1537,7 +1545,7 @@ async fn seeded_store(
         .await?;
     let t = Instant::now();
     seed_audits(&store, corpus, 0..audits).await?;
-    seed_embeddings(&store, corpus, "audit_embeddings", 0..rows).await?;
+    seed_embeddings(&store, corpus, 0..rows).await?;
     sqlx::query("ANALYZE audits").execute(store.pool()).await?;
     println!(
         "  seeded {audits} audits, {rows} vectors in {:.1}s",
@@ -1550,8 +1558,8 @@ async fn seeded_store(
 // vector_write
 
 /// Embeddings/s stored into the HNSW index at `rows` rows, through `Store::store_embedding` (what the backfill and
-/// the write path's late vectors use), vs single-row raw INSERTs of the same vectors into a table of the same shape
-/// with the same indexes. Both run interleaved in chunks (alternating which goes first) so that CPU noise from
+/// the write path's late vectors use), vs single-row raw INSERTs of other audits' vectors into the same table (same
+/// indexes, same size). Both run interleaved in chunks of 100 (alternating which goes first) so that CPU noise from
 /// other processes hits both alike.
 pub async fn vector_write(
     bench: &mut super::Bench,
@@ -1563,41 +1571,34 @@ pub async fn vector_write(
     let (corpus, embedder) = corpus(model_dir, corpus_size(rows)).await?;
     drop(embedder);
     let store = seeded_store(url, "bench_vecw", &corpus, corpus_size(rows), rows).await?;
-    for ddl in [
-        "CREATE TABLE bench_raw_embeddings (LIKE audit_embeddings INCLUDING DEFAULTS)",
-        "INSERT INTO bench_raw_embeddings SELECT * FROM audit_embeddings",
-        "ALTER TABLE bench_raw_embeddings ADD PRIMARY KEY (audit_id)",
-        "CREATE INDEX ON bench_raw_embeddings (namespace)",
-    ] {
-        sqlx::query(ddl).execute(store.pool()).await?;
-    }
     for (round, halfvec) in [false, true].into_iter().enumerate() {
         let params = IndexParams {
-            m: 16,
-            ef_construction: 64,
             halfvec,
+            ..index_params()?
         };
         let kind = if halfvec { "halfvec" } else { "vector" };
-        sqlx::query("DROP INDEX IF EXISTS bench_raw_hnsw")
-            .execute(store.pool())
-            .await?;
-        let product_build = build_index(&store, params, "audit_embeddings", INDEX_NAME).await?;
-        let raw_build =
-            build_index(&store, params, "bench_raw_embeddings", "bench_raw_hnsw").await?;
+        let build = build_index(&store, params).await?;
         let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_embeddings")
             .fetch_one(store.pool())
             .await?;
         println!(
-            "  {kind}: HNSW index over {indexed} rows built in {product_build:.1}s (product table), {raw_build:.1}s (raw table)"
+            "  {kind}: HNSW index (m {}, ef_construction {}) over {indexed} rows built in {build:.1}s",
+            params.m, params.ef_construction
         );
-        let ids: Vec<usize> = (rows + round * w..rows + (round + 1) * w).collect();
+        // Each side inserts its own half of this round's new audits.
+        let first = rows + round * w;
+        let half = w / 2;
+        let product_ids: Vec<usize> = (first..first + half).collect();
+        let raw_ids: Vec<usize> = (first + half..first + 2 * half).collect();
         let (mut product_secs, mut raw_secs) = (0.0, 0.0);
         let started = Instant::now();
-        for (c, chunk) in ids.chunks(100).enumerate() {
+        for (c, (product_chunk, raw_chunk)) in
+            product_ids.chunks(100).zip(raw_ids.chunks(100)).enumerate()
+        {
             for side in [c % 2, (c + 1) % 2] {
                 let t = Instant::now();
                 if side == 0 {
-                    for &i in chunk {
+                    for &i in product_chunk {
                         let stored = store
                             .store_embedding(
                                 i as i64 + 1,
@@ -1612,9 +1613,9 @@ pub async fn vector_write(
                     }
                     product_secs += t.elapsed().as_secs_f64();
                 } else {
-                    for &i in chunk {
+                    for &i in raw_chunk {
                         sqlx::query(
-                            "INSERT INTO bench_raw_embeddings (audit_id, namespace, model_id, text_sha, embedding)
+                            "INSERT INTO audit_embeddings (audit_id, namespace, model_id, text_sha, embedding)
                              VALUES ($1, $2, $3, $4, $5)",
                         )
                         .bind(i as i64 + 1)
@@ -1632,12 +1633,12 @@ pub async fn vector_write(
                 println!(
                     "  {kind}: {}/{} inserted on each side",
                     (c + 1) * 100,
-                    ids.len()
+                    product_ids.len()
                 );
             }
         }
-        let product_rate = ids.len() as f64 / product_secs;
-        let raw_rate = ids.len() as f64 / raw_secs;
+        let product_rate = product_ids.len() as f64 / product_secs;
+        let raw_rate = raw_ids.len() as f64 / raw_secs;
         bench.record(
             if halfvec {
                 "vector_write_halfvec"
@@ -1649,9 +1650,9 @@ pub async fn vector_write(
             "raw_single_row_insert",
             raw_rate,
             "rows/s",
-            json!({"indexed_rows": indexed, "inserted": ids.len(), "element_type": kind, "m": 16,
-                   "ef_construction": 64, "ms_per_embedding": 1000.0 / product_rate,
-                   "index_build_s": product_build, "maintenance_work_mem": "1GB"}),
+            json!({"indexed_rows": indexed, "inserted_per_side": product_ids.len(), "element_type": kind, "m": params.m,
+                   "ef_construction": params.ef_construction, "ms_per_embedding": 1000.0 / product_rate,
+                   "index_build_s": build, "maintenance_work_mem": "1GB"}),
         );
     }
     sqlx::query("DROP SCHEMA bench_vecw CASCADE")
@@ -1737,24 +1738,19 @@ pub async fn semantic_search(
     );
     let schema = "bench_search";
     let store = seeded_store(url, schema, &corpus, rows, rows).await?;
-    let build = build_index(
-        &store,
-        IndexParams {
-            m: 16,
-            ef_construction: 64,
-            halfvec: false,
-        },
-        "audit_embeddings",
-        INDEX_NAME,
-    )
-    .await?;
+    let index = IndexParams {
+        halfvec: false,
+        ..index_params()?
+    };
+    let build = build_index(&store, index).await?;
     let in_namespace: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_embeddings WHERE namespace = $1")
             .bind(FILTER_NAMESPACE)
             .fetch_one(store.pool())
             .await?;
     println!(
-        "  HNSW index over {rows} rows built in {build:.1}s; namespace {FILTER_NAMESPACE} holds {in_namespace} rows"
+        "  HNSW index (m {}, ef_construction {}) over {rows} rows built in {build:.1}s; namespace {FILTER_NAMESPACE} holds {in_namespace} rows",
+        index.m, index.ef_construction
     );
     // Searches run one at a time on one connection, as one API request does.
     let mut config = StoreConfig::new(url, schema)?;
@@ -1787,7 +1783,15 @@ pub async fn semantic_search(
                 .search(q, &filters, &search_params(100))
                 .await?;
         }
-        for ef in [40, 100, 200] {
+        // The spec's settings (40 is the DataStorage default), and unfiltered also higher ones, to show where the
+        // recall target is met. Filtered to 1 % of the rows the planner searches the namespace exactly (btree +
+        // sort), so ef_search does not matter there.
+        let efs: &[i32] = if filtered {
+            &[40, 100, 200]
+        } else {
+            &[40, 100, 200, 400, 1000]
+        };
+        for &ef in efs {
             let hnsw_before = index_scans(&search_store, INDEX_NAME).await?;
             let ns_before = index_scans(&search_store, "audit_embeddings_namespace_idx").await?;
             let mut lat = Vec::with_capacity(query_vectors.len());
@@ -1821,14 +1825,14 @@ pub async fn semantic_search(
                 query_vectors.len(),
                 strict_sum / n
             );
-            if hnsw_scans < query_vectors.len() as i64 {
-                println!("  WARNING: not every search used the HNSW index");
+            if !filtered && hnsw_scans < query_vectors.len() as i64 {
+                println!("  WARNING: not every unfiltered search used the HNSW index");
             }
             let params = json!({"rows": rows, "queries": query_vectors.len(), "k": K, "ef_search": ef,
                 "namespace_filter": namespaces, "namespace_rows": if filtered { in_namespace } else { rows as i64 },
                 "hnsw_index_scans": hnsw_scans, "namespace_index_scans": ns_scans,
                 "recall_strict_ids": strict_sum / n, "worst_query_recall": worst,
-                "m": 16, "ef_construction": 64, "element_type": "vector"});
+                "m": index.m, "ef_construction": index.ef_construction, "element_type": "vector"});
             bench.record(
                 &format!("semantic_search_{label}ef{ef}_p50"),
                 super::percentile(&lat, 0.5),
