@@ -216,6 +216,89 @@ fn markdown(results: &[Value]) -> String {
             meaning(name)
         ));
     }
+    md.push_str(&targets(results));
+    md
+}
+
+/// The spec's performance targets (SPEC.md §6), each checked against this run's rows.
+fn targets(results: &[Value]) -> String {
+    let get = |name: &str, field: &str| {
+        results
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r[field].as_f64())
+    };
+    let check = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not measured",
+    };
+    let search = |profile: &str, ef: i32| -> (Option<bool>, String) {
+        let p95 = get(&format!("semantic_search_{profile}ef{ef}_p95"), "value");
+        let recall = get(
+            &format!("semantic_search_{profile}ef{ef}_recall10"),
+            "value",
+        );
+        let ok = p95.zip(recall).map(|(p, r)| p <= 10.0 && r >= 0.95);
+        let text = match p95.zip(recall) {
+            Some((p, r)) => format!("p95 {p:.2} ms, recall@10 {r:.3}"),
+            None => "-".into(),
+        };
+        (ok, text)
+    };
+    let mut rows = vec![
+        (
+            "store path ≥ 80 % of raw batched SQL insert".to_string(),
+            get("store_throughput", "ratio").map(|r| r >= 0.8),
+            get("store_throughput", "ratio").map_or("-".into(), |r| format!("ratio {r:.3}")),
+        ),
+        (
+            "list p95 ≤ 5 ms at 1M rows (keyset)".to_string(),
+            get("list_query_p95", "value").map(|v| v <= 5.0),
+            get("list_query_p95", "value").map_or("-".into(), |v| format!("{v:.2} ms")),
+        ),
+        (
+            "apply → Persisted p95 ≤ 250 ms incl. a fresh embedding, moderate load".to_string(),
+            get("cr_to_persisted_p95", "value").map(|v| v <= 250.0),
+            get("cr_to_persisted_p95", "value").map_or("-".into(), |v| format!("{v:.1} ms")),
+        ),
+        (
+            "embedding throughput ≥ 70 % of the compute-bound rate".to_string(),
+            get("embed_throughput", "ratio").map(|r| r >= 0.7),
+            get("embed_throughput", "ratio").map_or("-".into(), |r| format!("ratio {r:.3}")),
+        ),
+    ];
+    for (profile, what, efs) in [
+        (
+            "",
+            "index defaults (m 16, ef_construction 64)",
+            &[40, 100, 200, 400, 1000][..],
+        ),
+        ("m32_", "m 32, ef_construction 128", &[100, 200, 400][..]),
+    ] {
+        for &ef in efs {
+            let (ok, text) = search(profile, ef);
+            rows.push((
+                format!("search p95 ≤ 10 ms and recall@10 ≥ 0.95 at 100k, unfiltered — {what}, ef_search {ef}"),
+                ok,
+                text,
+            ));
+        }
+    }
+    for ef in [40, 100, 200] {
+        let (ok, text) = search("ns1pct_", ef);
+        rows.push((
+            format!("the same filtered to a 1 % namespace — index defaults, ef_search {ef}"),
+            ok,
+            text,
+        ));
+    }
+    let mut md = String::from(
+        "\n## Spec targets (SPEC.md §6) in this run\n\n| target | this run | |\n|---|---|---|\n",
+    );
+    for (target, ok, text) in rows {
+        md.push_str(&format!("| {target} | {text} | {} |\n", check(ok)));
+    }
     md
 }
 
