@@ -9,12 +9,13 @@ export DATASTORAGE_CACHE ?= $(HOME)/.cache/datastorage
 export CARGO_TARGET_DIR ?= $(DATASTORAGE_CACHE)/target-rust-$(RUST_VERSION)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help setup build release crds chart-files lint test fuzz demo demo-down bench
+.PHONY: help setup build release crds chart-files lint test test-faults fuzz demo demo-down bench
 
 help:
 	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
 	@echo "make demo-down  stop everything the demo started"
-	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes"
+	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes (test-faults included)"
+	@echo "make test-faults  fault injection and load (tests/faults.rs): each test on its own PostgreSQL + control plane"
 	@echo "make fuzz       fuzz validation + sanitization + hashing for FUZZ_SECONDS (default 600) per target"
 	@echo "make bench      benchmarks (release build) -> target/bench/results.json, docs/benchmarks.md"
 	@echo "make crds       regenerate crds/ from the Rust types (and the Helm chart's copies)"
@@ -46,9 +47,13 @@ chart-files:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --test faults -- -D warnings
 
 test: setup
 	hack/test.sh
+
+test-faults: setup
+	hack/test.sh faults
 
 # `make test` fuzzes for 20 s per target; this is the long run. A failure prints the shrunk case to add to
 # tests/fixtures/fuzz_regressions.json.

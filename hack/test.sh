@@ -1,8 +1,38 @@
 #!/usr/bin/env bash
 # `make test`: lint, then every test suite against real services started here and always stopped on exit:
-# PostgreSQL 18 + pgvector (hack/pg.sh), Redis (hack/redis.sh) and a local Kubernetes control plane (hack/cp.sh).
+# PostgreSQL 18 + pgvector (hack/pg.sh), Redis (hack/redis.sh) and a local Kubernetes control plane (hack/cp.sh);
+# then the fault-injection and load suite (tests/faults.rs), whose tests start their own private PostgreSQL and
+# control plane and run one at a time.
+# `hack/test.sh faults` (`make test-faults`): the fault-injection and load suite only.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+mode="${1:-all}"
+case "$mode" in all | faults) ;; *) echo "usage: hack/test.sh [all|faults]" >&2; exit 2 ;; esac
+
+# The fault suite: `cargo test --test faults` (left out of --all-targets by Cargo.toml), its SUMMARY lines last.
+run_faults() {
+  local log="$1" status
+  echo "== fault injection and load (tests/faults.rs; each test starts its own PostgreSQL and control plane)"
+  # Fail loudly, before minutes of tests, when what the tests start cannot be found.
+  hack/kubebins/build.sh --print-bindir > /dev/null || { echo "hack/kubebins/build.sh failed: no kube-apiserver/etcd"; return 1; }
+  hack/python-deps.sh pg-home > /dev/null || { echo "hack/python-deps.sh pg-home failed: no PostgreSQL"; return 1; }
+  set +e
+  cargo test --test faults -- --test-threads=1 --nocapture 2>&1 | tee "$log"
+  status="${PIPESTATUS[0]}"
+  set -e
+  echo "== fault suite summary"
+  grep -E '^SUMMARY \|' "$log" || true
+  [[ "$status" -eq 0 ]] || { echo "fault suite failed (exit $status)"; return "$status"; }
+}
+
+if [[ "$mode" == faults ]]; then
+  log="$(mktemp "${TMPDIR:-/tmp}/datastorage-faults.XXXXXX.log")"
+  trap 'rm -f "$log"' EXIT
+  run_faults "$log"
+  grep -E '^test result:' "$log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
+  exit 0
+fi
 
 run_dir="$(mktemp -d "${TMPDIR:-/tmp}/datastorage-test.XXXXXX")"
 export PG_DIR="$run_dir/pg" REDIS_DIR="$run_dir/redis" CP_DIR="$run_dir/cp"
@@ -53,5 +83,8 @@ if pgrep -f "$demo_dir" > /dev/null; then echo "demo left processes behind:"; pg
 if [[ "$demo_ok" -ne 1 ]]; then cat "$run_dir/demo.log"; echo "demo smoke test failed"; exit 1; fi
 echo "demo smoke test passed"
 
-grep -E '^test result:' "$run_dir/cargo-test.log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
+run_faults "$run_dir/faults.log"
+
+cat "$run_dir/cargo-test.log" "$run_dir/faults.log" | grep -E '^test result:' \
+  | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
 

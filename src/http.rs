@@ -1,5 +1,6 @@
 //! The operations endpoints, on their own port: `/metrics`, `/healthz` (the process serves), `/readyz` (the
-//! DataStorage is Ready for writes and the database answers).
+//! DataStorage is Ready for writes and the database answers through the pool within 2 s — so an exhausted pool,
+//! where writes wait too, reads not ready).
 
 use std::sync::Arc;
 
@@ -20,6 +21,9 @@ pub fn ops_router(ctx: Arc<Context>) -> Router {
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    ctx.metrics
+        .reconcile_queue_depth
+        .set(i64::try_from(ctx.reconcile_queue_depth()).unwrap_or(i64::MAX));
     if let Some(rt) = ctx.current_runtime() {
         let pool = rt.store.pool();
         let size = i64::from(pool.size());
@@ -56,9 +60,20 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
     match tokio::time::timeout(std::time::Duration::from_secs(2), rt.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database: no answer within 2s\n".into(),
-        ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, no_answer(rt.store.pool())),
+    }
+}
+
+/// Why the ping did not answer in time, naming an exhausted pool: every connection busy (slow queries, locks)
+/// is the usual cause, and writes wait for the same connections.
+fn no_answer(pool: &sqlx::PgPool) -> String {
+    let max = pool.options().get_max_connections();
+    let busy = (pool.size() as usize).saturating_sub(pool.num_idle());
+    if busy >= max as usize {
+        format!(
+            "database: no connection within 2s: the pool is exhausted ({busy} of {max} connections busy)\n"
+        )
+    } else {
+        format!("database: no answer within 2s ({busy} of {max} pool connections busy)\n")
     }
 }

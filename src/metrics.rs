@@ -41,6 +41,8 @@ pub struct Metrics {
     pub pool_connections: IntGaugeVec,
     /// `datastorage_store_ready`: 1 while the DataStorage is Ready for writes.
     pub store_ready: IntGauge,
+    /// `datastorage_reconcile_queue_depth`: RemediationAudits the leader has yet to settle.
+    pub reconcile_queue_depth: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -150,6 +152,11 @@ impl Metrics {
                 "datastorage_store_ready",
                 "1 while the DataStorage is Ready for writes",
             )?,
+            reconcile_queue_depth: IntGauge::new(
+                "datastorage_reconcile_queue_depth",
+                "RemediationAudits in the leader's watch cache not yet Persisted or Rejected for their current \
+                 generation, or awaiting their finalizer (0 on other replicas and until the cache is synced)",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.write_total.clone()))?;
@@ -170,6 +177,8 @@ impl Metrics {
         m.registry.register(Box::new(m.leader.clone()))?;
         m.registry.register(Box::new(m.pool_connections.clone()))?;
         m.registry.register(Box::new(m.store_ready.clone()))?;
+        m.registry
+            .register(Box::new(m.reconcile_queue_depth.clone()))?;
         Ok(m)
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use kube::Client;
 use tokio::sync::watch;
 
@@ -21,6 +22,9 @@ use crate::embed::Embedder;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::batch::WriteBatcher;
+
+/// Bound of [`Context::note_own_write`]'s memory.
+const OWN_WRITES_CAP: usize = 100_000;
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "datastorage-operator";
@@ -57,6 +61,19 @@ pub struct Context {
     /// When a write last asked for an embedding (ms since `started`): the backfill yields to writes.
     write_embedding_at: AtomicU64,
     started: Instant,
+    /// resourceVersion of this replica's last status write per object uid, kept until the watch cache catches up.
+    own_writes: Mutex<OwnWrites>,
+    /// The RemediationAudit controller's watch cache while this replica runs it (the leader).
+    audit_cache: Arc<Mutex<Option<audit::AuditCache>>>,
+}
+
+/// Unpublishes the audit controller's cache when the controller stops (or is aborted).
+pub struct PublishedCache(Arc<Mutex<Option<audit::AuditCache>>>);
+
+impl Drop for PublishedCache {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl Context {
@@ -72,6 +89,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             write_embedding_at: AtomicU64::new(0),
             started: Instant::now(),
+            own_writes: Mutex::new(OwnWrites::default()),
+            audit_cache: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -86,6 +105,49 @@ impl Context {
         let at = self.write_embedding_at.load(Ordering::Relaxed);
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         at != 0 && now.saturating_sub(at) <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Remembers that this replica's write to object `uid` produced `resource_version`.
+    pub fn note_own_write(&self, uid: &str, resource_version: Option<&str>) {
+        self.own_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(uid, resource_version);
+    }
+
+    /// Whether a cached object at `resource_version` is older than this replica's last write to it (see
+    /// [`OwnWrites::behind`]).
+    pub fn behind_own_write(&self, uid: &str, resource_version: Option<&str>) -> bool {
+        self.own_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .behind(uid, resource_version)
+    }
+
+    /// Makes the audit controller's cache visible to [`Context::reconcile_queue_depth`] until the guard drops.
+    pub fn publish_audit_cache(&self, cache: audit::AuditCache) -> PublishedCache {
+        *self.audit_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
+        PublishedCache(self.audit_cache.clone())
+    }
+
+    /// RemediationAudits the audit controller still has to settle (see [`audit::is_settled`]); 0 on a replica
+    /// that does not run it and until its watch cache is synced.
+    pub fn reconcile_queue_depth(&self) -> usize {
+        let cache = self
+            .audit_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Before its first full list the cache is empty, not drained: count nothing until it is synced.
+        cache
+            .filter(|c| {
+                c.wait_until_ready()
+                    .now_or_never()
+                    .is_some_and(|r| r.is_ok())
+            })
+            .map_or(0, |c| {
+                c.state().iter().filter(|o| !audit::is_settled(o)).count()
+            })
     }
 
     pub fn current_runtime(&self) -> Option<Arc<StoreRuntime>> {
@@ -103,6 +165,42 @@ impl Context {
     pub fn reset_backoff(&self, key: &str) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(key);
+    }
+}
+
+/// The resourceVersion of this replica's last write per object uid, from the write until the watch cache shows
+/// it. The cache lags behind the operator's own writes by the watch latency, and a reconcile triggered meanwhile
+/// (by the event of the finalizer patch, say) would otherwise see the object without its new status and write
+/// the same generation and status again — once for nearly every audit.
+#[derive(Default)]
+pub struct OwnWrites(HashMap<String, u64>);
+
+impl OwnWrites {
+    /// Remembers a write; resourceVersions that are not the integers the API server issues are not remembered.
+    pub fn note(&mut self, uid: &str, resource_version: Option<&str>) {
+        let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) else {
+            return;
+        };
+        // Entries live from a write until the cache shows it (milliseconds); the cap only bounds pathologies.
+        if self.0.len() >= OWN_WRITES_CAP {
+            self.0.clear();
+        }
+        self.0.insert(uid.to_string(), rv);
+    }
+
+    /// Whether an object seen at `resource_version` is older than the last write to it. Once the cache shows the
+    /// write (or anything newer, or something not comparable) it is forgotten.
+    pub fn behind(&mut self, uid: &str, resource_version: Option<&str>) -> bool {
+        let Some(&written) = self.0.get(uid) else {
+            return false;
+        };
+        match resource_version.and_then(|v| v.parse::<u64>().ok()) {
+            Some(rv) if rv < written => true,
+            _ => {
+                self.0.remove(uid);
+                false
+            }
+        }
     }
 }
 
@@ -136,6 +234,28 @@ pub fn backoff_delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_behind_the_own_write_is_recognised_until_it_catches_up() {
+        let mut w = OwnWrites::default();
+        assert!(!w.behind("u1", Some("5")), "nothing written yet");
+        w.note("u1", Some("10"));
+        assert!(w.behind("u1", Some("9")), "older than the write");
+        assert!(w.behind("u1", Some("9")), "still older");
+        assert!(!w.behind("u2", Some("1")), "another object");
+        assert!(!w.behind("u1", Some("10")), "caught up");
+        assert!(!w.behind("u1", Some("3")), "forgotten once caught up");
+        w.note("u1", Some("20"));
+        assert!(!w.behind("u1", Some("abc")), "not comparable: never behind");
+        assert!(!w.behind("u1", Some("19")), "and forgotten");
+        w.note("u1", Some("not-a-number"));
+        assert!(
+            !w.behind("u1", Some("1")),
+            "an unparsable write is not remembered"
+        );
+        w.note("u1", None);
+        assert!(!w.behind("u1", Some("1")));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use datastorage::store::{Store, StoreConfig};
 
 pub mod chart;
+pub mod faults;
 pub mod kube;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -130,11 +131,17 @@ impl Service {
         svc
     }
 
-    /// Runs `script cmd` for this instance; returns the last line it printed.
+    /// The service's directory (`PG_DIR` / `REDIS_DIR`).
+    pub fn dir_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("svc")
+    }
+
+    /// Runs `script cmd` for this instance (`cmd` split at spaces, e.g. "stop immediate"); returns the last line
+    /// it printed.
     pub fn run(&self, cmd: &str) -> String {
         let out =
             std::process::Command::new(format!("{}/{}", env!("CARGO_MANIFEST_DIR"), self.script))
-                .arg(cmd)
+                .args(cmd.split_whitespace())
                 .env(self.dir_var, self.dir.path().join("svc"))
                 .output()
                 .unwrap();
