@@ -565,9 +565,9 @@ async fn pool_exhausted_writes_back_off_and_recover() {
             .filter(|ra| {
                 ra.status.as_ref().is_some_and(|s| {
                     s.state == Some(datastorage::crd::AuditState::Retrying)
-                        && s.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("pool timed out"))
+                        && s.message.as_deref().is_some_and(|m| {
+                            m.contains("pool timed out") || m.contains("did not complete within")
+                        })
                 })
             })
             .count();
@@ -593,7 +593,7 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         test_start,
         format!(
             "SUMMARY | pool exhausted: 2 of 2 connections held by writes blocked on a table lock for {:.0}s | /readyz \
-         503 \"{}\"; {in_use} connections busy; {failures} writes failed with a pool timeout and backed off; \
+         503 \"{}\"; {in_use} connections busy; {failures} writes timed out (pool or lock) and backed off; \
          {retrying} CRs Retrying; no panic; after release all {} audits Persisted exactly once ({} rows), ready \
          again | recovered {:.0}s after release |",
             held.as_secs_f64(),

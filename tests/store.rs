@@ -674,7 +674,12 @@ async fn batch_write_gives_each_audit_its_own_outcome() {
 async fn batcher_stores_concurrent_writes_exactly_once() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let batcher = datastorage::store::batch::WriteBatcher::spawn(store.clone(), 2, 64);
+    let batcher = datastorage::store::batch::WriteBatcher::spawn(
+        store.clone(),
+        2,
+        64,
+        std::time::Duration::from_secs(60),
+    );
     let mut tasks = Vec::new();
     for i in 0..300 {
         let batcher = batcher.clone();

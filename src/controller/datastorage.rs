@@ -45,6 +45,8 @@ const RECHECK_PROBLEM: Duration = Duration::from_secs(5);
 /// Group commit: two writer tasks (one writes while the other gathers), batches of up to 128 new audits.
 const WRITE_BATCHERS: usize = 2;
 const WRITE_BATCH_MAX: usize = 128;
+/// How long a reconcile waits for its write before it reports the database busy and retries later.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State of the DataStorage controller.
 pub struct DsContext {
@@ -271,7 +273,12 @@ async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Er
         (Some(store), true) if checks.is_true("DatabaseReachable") => {
             Some(Arc::new(StoreRuntime {
                 store: store.clone(),
-                writer: WriteBatcher::spawn(store.clone(), WRITE_BATCHERS, WRITE_BATCH_MAX),
+                writer: WriteBatcher::spawn(
+                    store.clone(),
+                    WRITE_BATCHERS,
+                    WRITE_BATCH_MAX,
+                    WRITE_TIMEOUT,
+                ),
                 sanitize: SanitizeConfig {
                     redact_secrets: spec.sanitization.redact_secrets,
                     html: match spec.sanitization.html {

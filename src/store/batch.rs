@@ -287,12 +287,18 @@ struct Job {
 pub struct WriteBatcher {
     jobs: mpsc::Sender<Job>,
     batches: Arc<AtomicU64>,
+    timeout: std::time::Duration,
 }
 
 impl WriteBatcher {
     /// Starts `writers` writer tasks (each writing batches of up to `max_batch` audits); they stop when the last
-    /// clone of the batcher is dropped.
-    pub fn spawn(store: Store, writers: usize, max_batch: usize) -> Self {
+    /// clone of the batcher is dropped. A caller waits at most `timeout` for its write (see [`WriteBatcher::write`]).
+    pub fn spawn(
+        store: Store,
+        writers: usize,
+        max_batch: usize,
+        timeout: std::time::Duration,
+    ) -> Self {
         let max_batch = max_batch.max(1);
         let (jobs, rx) = mpsc::channel::<Job>(max_batch * writers.max(1) * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -332,7 +338,11 @@ impl WriteBatcher {
                 }
             });
         }
-        Self { jobs, batches }
+        Self {
+            jobs,
+            batches,
+            timeout,
+        }
     }
 
     /// How many batches were written so far.
@@ -341,6 +351,10 @@ impl WriteBatcher {
     }
 
     /// Writes one audit generation as part of the next batch; the same outcome as [`Store::write_audit`].
+    ///
+    /// Past the batcher's timeout (database busy: every connection taken, tables locked) the caller gets
+    /// [`StoreError::WriteTimeout`] and retries later. The write itself may still complete; the retry then finds
+    /// it stored (`Unchanged`), so an audit is never stored twice.
     pub async fn write(
         &self,
         prepared: Arc<Prepared>,
@@ -348,14 +362,17 @@ impl WriteBatcher {
     ) -> Result<WriteOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let closed = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.jobs
-            .send(Job {
-                prepared,
-                embedding,
-                reply,
-            })
+        let job = Job {
+            prepared,
+            embedding,
+            reply,
+        };
+        let written = async {
+            self.jobs.send(job).await.map_err(|_| closed())?;
+            answer.await.map_err(|_| closed())?
+        };
+        tokio::time::timeout(self.timeout, written)
             .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+            .map_err(|_| StoreError::WriteTimeout(self.timeout))?
     }
 }

@@ -44,6 +44,10 @@ pub enum StoreError {
     InvalidUid(String),
     #[error("embedding has {got} dimensions, the store expects {expected}")]
     Dimensions { got: usize, expected: usize },
+    #[error(
+        "the write did not complete within {0:?} (database busy: connections exhausted or tables locked); it is retried"
+    )]
+    WriteTimeout(Duration),
 }
 
 impl StoreError {
@@ -51,7 +55,9 @@ impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreError::InvalidSchema(_) | StoreError::InvalidUrl(_) => "config",
-            StoreError::Database(sqlx::Error::PoolTimedOut) => "pool_timeout",
+            StoreError::Database(sqlx::Error::PoolTimedOut) | StoreError::WriteTimeout(_) => {
+                "pool_timeout"
+            }
             StoreError::Database(sqlx::Error::Io(_))
             | StoreError::Database(sqlx::Error::PoolClosed) => "connection",
             StoreError::Database(_) => "postgres",

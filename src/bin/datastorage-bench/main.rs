@@ -332,7 +332,7 @@ async fn store_throughput(bench: &mut Bench, url: &str, n: usize) -> anyhow::Res
         .collect();
     let specs: Arc<Vec<_>> = Arc::new((0..n).map(spec).collect());
     let metas = Arc::new(metas);
-    let batcher = WriteBatcher::spawn(store.clone(), 2, 128);
+    let batcher = WriteBatcher::spawn(store.clone(), 2, 128, std::time::Duration::from_secs(600));
     let callers = 64;
     let started = Instant::now();
     let mut tasks = Vec::new();
