@@ -491,8 +491,10 @@ async fn apiserver_restarted_mid_stream_watches_resume_nothing_missed() {
 }
 
 /// 4. Connection exhaustion: every connection of a 2-connection pool is held by a write blocked on a table lock
-/// taken from outside. Writes wait and back off (failed attempts counted, CRs `Retrying`), /readyz reports the
-/// exhausted pool, nothing panics; once the lock goes every audit is Persisted exactly once and /readyz is ready.
+/// taken from outside (`LOCK TABLE audits IN EXCLUSIVE MODE`: reads still work). For 20 s the audits wait (queue
+/// depth), writes that get no connection fail after the pool's 5 s acquire timeout and back off (counted, CRs
+/// `Retrying`), nothing is stored, /readyz reports the exhausted pool, nothing panics; once the lock goes every
+/// audit is Persisted exactly once and /readyz is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_exhausted_writes_back_off_and_recover() {
     use sqlx::Connection;
@@ -525,7 +527,7 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         )
         .await
         .unwrap_or(0.0);
-    let (_, task) = spawn_stream(&world.client, &world.ns, before, before + during, 16);
+    let (progress, task) = spawn_stream(&world.client, &world.ns, before, before + during, 16);
     let (_, body) =
         support::kube::eventually(Duration::from_secs(60), "/readyz not ready", || async {
             let r = op.readyz().await;
@@ -544,38 +546,68 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         },
     )
     .await;
-    let failures = support::kube::eventually(
-        Duration::from_secs(60),
-        "writes to fail and back off",
-        || async {
-            let f = op
-                .metric(
-                    "datastorage_write_total",
-                    &["table=\"audits\"", "status=\"failure\""],
-                )
-                .await?;
-            (f > failures_before).then_some(f - failures_before)
-        },
-    )
-    .await;
-    let retrying = support::kube::eventually(Duration::from_secs(60), "CRs Retrying", || async {
-        let crs = support::faults::list_audits(&world.client, &world.ns).await;
-        let r = crs
-            .values()
-            .filter(|ra| {
-                ra.status.as_ref().is_some_and(|s| {
-                    s.state == Some(datastorage::crd::AuditState::Retrying)
-                        && s.message.as_deref().is_some_and(|m| {
-                            m.contains("pool timed out") || m.contains("did not complete within")
-                        })
-                })
+    // Exhausted for 20 s: the audits wait (queue depth), writes that cannot get a connection fail after the pool's
+    // 5 s acquire timeout (or wait 10 s in the write batcher) and back off (counted, CRs Retrying), nothing is stored, the process stays up.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let failures = op
+        .metric(
+            "datastorage_write_total",
+            &["table=\"audits\"", "status=\"failure\""],
+        )
+        .await
+        .unwrap_or(0.0)
+        - failures_before;
+    let crs = support::faults::list_audits(&world.client, &world.ns).await;
+    let mut states = std::collections::BTreeMap::new();
+    for ra in crs.values() {
+        let key = ra.status.as_ref().map_or("no status".to_string(), |s| {
+            format!("{:?}: {}", s.state, s.message.as_deref().unwrap_or(""))
+        });
+        *states.entry(key).or_insert(0) += 1;
+    }
+    let retrying = crs
+        .values()
+        .filter(|ra| {
+            ra.status.as_ref().is_some_and(|s| {
+                s.state == Some(datastorage::crd::AuditState::Retrying)
+                    && s.message.as_deref().is_some_and(|m| {
+                        m.contains("pool timed out") || m.contains("did not complete within")
+                    })
             })
-            .count();
-        (r > 0).then_some(r)
-    })
-    .await;
-    // Stay exhausted a while longer: still alive, still not ready, nothing stored.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .count();
+    let depth = op
+        .metric("datastorage_reconcile_queue_depth", &[])
+        .await
+        .unwrap_or(0.0);
+    let created = progress.created.load(Ordering::SeqCst);
+    let diagnosis = || {
+        format!(
+            "{created} of {during} audits created, queue depth {depth}, {failures} failed writes, CR states \
+             {states:?}; operator log tail:\n{}",
+            op.log_text()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    assert!(
+        created > 2,
+        "the stream stalled while the pool was exhausted: {}",
+        diagnosis()
+    );
+    assert!(
+        depth >= 1.0,
+        "no audit waits while writes cannot proceed: {}",
+        diagnosis()
+    );
+    assert!(
+        failures > 0.0 && retrying > 0,
+        "writes did not fail and back off while the pool was exhausted: {}",
+        diagnosis()
+    );
     op.assert_healthy();
     assert_eq!(op.readyz().await.0, 503);
     assert_eq!(stored_count(&world.store).await, Some(before as i64));
@@ -593,9 +625,9 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         test_start,
         format!(
             "SUMMARY | pool exhausted: 2 of 2 connections held by writes blocked on a table lock for {:.0}s | /readyz \
-         503 \"{}\"; {in_use} connections busy; {failures} writes timed out (pool or lock) and backed off; \
-         {retrying} CRs Retrying; no panic; after release all {} audits Persisted exactly once ({} rows), ready \
-         again | recovered {:.0}s after release |",
+         503 \"{}\"; {in_use} connections busy; after 20 s {failures} writes had failed (pool or write timeout) and \
+         backed off, {retrying} CRs Retrying, queue depth {depth}; no panic; after \
+         release all {} audits Persisted exactly once ({} rows), ready again | recovered {:.0}s after release |",
             held.as_secs_f64(),
             body.trim(),
             before + during,

@@ -91,9 +91,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 /// What the watch cache keeps of each RemediationAudit: everything the reconciler reads, without the server-side
-/// apply bookkeeping (`managedFields`) and kubectl's last-applied copy of the object. Those are never read here and
-/// made up most of the operator's memory per cached audit (managedFields alone: ~20 KiB once parsed, measured by
-/// the load test of tests/faults.rs).
+/// apply bookkeeping (`managedFields`: one entry per writer, each a parsed JSON tree of field names) and kubectl's
+/// last-applied copy of the object. Neither is read here; dropping them saved several KB of operator RSS per cached
+/// audit in the load test of tests/faults.rs (98.6 → 85.7 MB at 2,000 audits).
 pub fn trim_for_cache(obj: &mut DeserializeGuard<RemediationAudit>) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;

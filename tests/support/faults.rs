@@ -793,7 +793,7 @@ pub struct World {
     pub client: Client,
     pub ns: String,
     pub datastorage: String,
-    /// The operators' logs: kept when the test fails (printed path), removed when it passes.
+    /// The operators' logs: kept when the test fails or DATASTORAGE_FAULTS_KEEP_LOGS is set (path printed).
     pub logs: PathBuf,
     pub store: Store,
 }
@@ -837,7 +837,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("DATASTORAGE_FAULTS_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.logs);
         }
     }
