@@ -8,6 +8,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use support::faults::{
     Operator, StoreSpec, World, count_from_env, cpu_seconds, spawn_stream, stored_count,
     verify_exactly_once,
@@ -560,9 +561,12 @@ async fn pool_exhausted_writes_back_off_and_recover() {
     let crs = support::faults::list_audits(&world.client, &world.ns).await;
     let mut states = std::collections::BTreeMap::new();
     for ra in crs.values() {
-        let key = ra.status.as_ref().map_or("no status".to_string(), |s| {
+        let status = ra.status.as_ref().map_or("no status".to_string(), |s| {
             format!("{:?}: {}", s.state, s.message.as_deref().unwrap_or(""))
         });
+        // The finalizer is the reconcile's first write: it tells a reconcile that never started from one that hangs.
+        let finalizer = ra.finalizers().iter().any(|f| f.starts_with("datastorage"));
+        let key = format!("{status} (finalizer: {finalizer})");
         *states.entry(key).or_insert(0) += 1;
     }
     let retrying = crs
@@ -581,10 +585,21 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         .await
         .unwrap_or(0.0);
     let created = progress.created.load(Ordering::SeqCst);
+    let reconciles = op
+        .scrape()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.starts_with("datastorage_reconcile_total") || l.starts_with("datastorage_db_pool")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let diagnosis = || {
         format!(
             "{created} of {during} audits created, queue depth {depth}, {failures} failed writes, CR states \
-             {states:?}; operator log tail:\n{}",
+             {states:?}; reconciles: {}; operator log tail:\n{}",
+            reconciles,
             op.log_text()
                 .lines()
                 .rev()
