@@ -281,17 +281,7 @@ impl Store {
         .bind(uid)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(StoredAudit {
-                audit_id: row.try_get("id")?,
-                generation: row.try_get("generation")?,
-                content_hash: row.try_get("content_hash")?,
-                chain_hash: row.try_get("chain_hash")?,
-                persisted_at: row.try_get("updated_at")?,
-                embedding_stored: row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false),
-            })
-        })
-        .transpose()
+        row.as_ref().map(stored_from_row).transpose()
     }
 
     async fn duplicate_of(&self, request_id: &str) -> Result<WriteOutcome, StoreError> {
@@ -486,6 +476,18 @@ fn check_dims(e: &EmbeddingRow) -> Result<(), StoreError> {
 }
 
 /// The body of the write transaction. `Ok(None)` asks the caller to retry (lost an insert race).
+/// A stored audit from a row of `id, generation, content_hash, chain_hash, updated_at, embedded`.
+fn stored_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredAudit, StoreError> {
+    Ok(StoredAudit {
+        audit_id: row.try_get("id")?,
+        generation: row.try_get("generation")?,
+        content_hash: row.try_get("content_hash")?,
+        chain_hash: row.try_get("chain_hash")?,
+        persisted_at: row.try_get("updated_at")?,
+        embedding_stored: row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false),
+    })
+}
+
 async fn write_in_tx(
     tx: &mut Transaction<'static, Postgres>,
     uid: Uuid,
@@ -509,14 +511,7 @@ async fn write_in_tx(
         Some(row) => {
             let generation: i64 = row.try_get("generation")?;
             if generation >= r.generation {
-                return Ok(Some(WriteOutcome::Unchanged(StoredAudit {
-                    audit_id: row.try_get("id")?,
-                    generation,
-                    content_hash: row.try_get("content_hash")?,
-                    chain_hash: row.try_get("chain_hash")?,
-                    persisted_at: row.try_get("updated_at")?,
-                    embedding_stored: row.try_get::<Option<bool>, _>("embedded")?.unwrap_or(false),
-                })));
+                return Ok(Some(WriteOutcome::Unchanged(stored_from_row(row)?)));
             }
             row.try_get::<String, _>("chain_hash")?
         }
