@@ -222,7 +222,7 @@ async fn reconcile_inner(
 
     // 5. Already stored? A reconcile that runs before the status of the write that stored this generation is seen
     //    (the finalizer's own watch event, a pending-vector recheck) takes the stored audit instead of embedding
-    //    and writing again.
+    //    and writing again. (A failed lookup only means writing again: the write path handles replays.)
     let already = if seen_before {
         rt.store
             .stored_audit(&meta.uid)
@@ -243,7 +243,7 @@ async fn reconcile_inner(
     };
     ctx.reset_backoff(&key);
 
-    // 7. Status.
+    // 6. Status.
     let embedding_state = match (
         rt.embeddings_enabled,
         &rt.embedder,
@@ -272,7 +272,7 @@ async fn reconcile_inner(
     ) {
         return Ok(Action::requeue(EMBEDDING_RECHECK));
     }
-    // 8. TTL.
+    // 7. TTL.
     after_persisted(ra, &api, ctx).await
 }
 
