@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use datastorage::audit::{AuditMeta, SanitizeConfig, prepare};
+use datastorage::audit::{AuditMeta, Prepared, SanitizeConfig, prepare};
 use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
 use datastorage::embed::{Embedder, LocalEmbedder, LocalOptions, bert_flops_per_token};
 use datastorage::store::batch::WriteBatcher;
@@ -302,6 +302,39 @@ fn targets(results: &[Value]) -> String {
     md
 }
 
+/// Binds the columns of an `audits` row from `cr_uid` to `embedding_text_sha` (in the table's order) for a raw
+/// multi-VALUES insert.
+pub(crate) fn bind_audit_row(
+    b: &mut sqlx::query_builder::Separated<'_, sqlx::Postgres, &'static str>,
+    p: &Prepared,
+    chain_hash: String,
+    text_sha: String,
+) {
+    let r = &p.record;
+    b.push_bind(uuid::Uuid::parse_str(&r.uid).unwrap_or_default())
+        .push_bind(&r.namespace)
+        .push_bind(&r.name)
+        .push_bind(&r.remediation_request_id)
+        .push_bind(&r.alert_fingerprint)
+        .push_bind(&r.alert_name)
+        .push_bind(&r.phase)
+        .push_bind(&r.outcome)
+        .push_bind(&r.action_type)
+        .push_bind(&r.severity)
+        .push_bind(&r.environment)
+        .push_bind(&r.cluster_name)
+        .push_bind(&r.target_resource)
+        .push_bind(p.start_time)
+        .push_bind(p.end_time)
+        .push_bind(r.duration_ms)
+        .push_bind(&r.error_message)
+        .push_bind(r.generation)
+        .push_bind(&p.content_hash)
+        .push_bind(chain_hash)
+        .push_bind(&p.embedding_text)
+        .push_bind(text_sha);
+}
+
 async fn fresh_store(url: &str, schema: &str) -> anyhow::Result<Store> {
     let mut config = StoreConfig::new(url, schema)?;
     config.pool_size = 16;
@@ -384,29 +417,7 @@ async fn store_throughput(bench: &mut Bench, url: &str, n: usize) -> anyhow::Res
              duration_ms, error_message, generation, content_hash, chain_hash, embedding_text, embedding_text_sha) ",
         );
         qb.push_values(chunk.iter(), |mut b, p| {
-            let r = &p.record;
-            b.push_bind(uuid::Uuid::parse_str(&r.uid).unwrap_or_default())
-                .push_bind(&r.namespace)
-                .push_bind(&r.name)
-                .push_bind(&r.remediation_request_id)
-                .push_bind(&r.alert_fingerprint)
-                .push_bind(&r.alert_name)
-                .push_bind(&r.phase)
-                .push_bind(&r.outcome)
-                .push_bind(&r.action_type)
-                .push_bind(&r.severity)
-                .push_bind(&r.environment)
-                .push_bind(&r.cluster_name)
-                .push_bind(&r.target_resource)
-                .push_bind(p.start_time)
-                .push_bind(p.end_time)
-                .push_bind(r.duration_ms)
-                .push_bind(&r.error_message)
-                .push_bind(r.generation)
-                .push_bind(&p.content_hash)
-                .push_bind(&p.content_hash)
-                .push_bind(&p.embedding_text)
-                .push_bind(&p.content_hash);
+            bind_audit_row(&mut b, p, p.content_hash.clone(), p.content_hash.clone());
         });
         qb.build().execute(&mut *tx).await?;
         let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(

@@ -1445,30 +1445,13 @@ async fn seed_audits(store: &Store, corpus: &Corpus, range: Range<usize>) -> any
         );
         qb.push_values(chunk, |mut b, &i| {
             let p = &corpus.prepared[i];
-            let r = &p.record;
-            b.push_bind(i as i64 + 1)
-                .push_bind(uuid::Uuid::parse_str(&r.uid).unwrap_or_default())
-                .push_bind(&r.namespace)
-                .push_bind(&r.name)
-                .push_bind(&r.remediation_request_id)
-                .push_bind(&r.alert_fingerprint)
-                .push_bind(&r.alert_name)
-                .push_bind(&r.phase)
-                .push_bind(&r.outcome)
-                .push_bind(&r.action_type)
-                .push_bind(&r.severity)
-                .push_bind(&r.environment)
-                .push_bind(&r.cluster_name)
-                .push_bind(&r.target_resource)
-                .push_bind(p.start_time)
-                .push_bind(p.end_time)
-                .push_bind(r.duration_ms)
-                .push_bind(&r.error_message)
-                .push_bind(r.generation)
-                .push_bind(&p.content_hash)
-                .push_bind(chain_hash("", &p.content_hash))
-                .push_bind(&p.embedding_text)
-                .push_bind(sha256_hex(p.embedding_text.as_bytes()));
+            b.push_bind(i as i64 + 1);
+            super::bind_audit_row(
+                &mut b,
+                p,
+                chain_hash("", &p.content_hash),
+                sha256_hex(p.embedding_text.as_bytes()),
+            );
         });
         qb.build().execute(store.pool()).await?;
     }
