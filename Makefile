@@ -15,7 +15,7 @@ help:
 	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
 	@echo "make demo-down  stop everything the demo started"
 	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes (test-faults included)"
-	@echo "make test-faults  fault injection and load (tests/faults.rs): each test on its own PostgreSQL + control plane"
+	@echo "make test-faults  fault injection and load (tests/it/faults.rs): each test on its own PostgreSQL + control plane"
 	@echo "make fuzz       fuzz validation + sanitization + hashing for FUZZ_SECONDS (default 600) per target"
 	@echo "make bench      benchmarks (release build) -> target/bench/results.json, docs/benchmarks.md"
 	@echo "make crds       regenerate crds/ from the Rust types (and the Helm chart's copies)"
@@ -47,7 +47,6 @@ chart-files:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	cargo clippy --test faults -- -D warnings
 
 test: setup
 	hack/test.sh
@@ -58,7 +57,7 @@ test-faults: setup
 # `make test` fuzzes for 20 s per target; this is the long run. A failure prints the shrunk case to add to
 # tests/fixtures/fuzz_regressions.json.
 fuzz:
-	DATASTORAGE_FUZZ_SECONDS=$${FUZZ_SECONDS:-600} cargo test --test fuzz -- --nocapture
+	DATASTORAGE_FUZZ_SECONDS=$${FUZZ_SECONDS:-600} cargo test --test it fuzz:: -- --nocapture
 
 demo: setup
 	hack/demo.sh up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: lint, then every test suite against real services started here and always stopped on exit:
 # PostgreSQL 18 + pgvector (hack/pg.sh), Redis (hack/redis.sh) and a local Kubernetes control plane (hack/cp.sh);
-# then the fault-injection and load suite (tests/faults.rs), whose tests start their own private PostgreSQL and
+# then the fault-injection and load suite (tests/it/faults.rs), whose tests start their own private PostgreSQL and
 # control plane and run one at a time.
 # `hack/test.sh faults` (`make test-faults`): the fault-injection and load suite only.
 set -euo pipefail
@@ -10,15 +10,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-all}"
 case "$mode" in all | faults) ;; *) echo "usage: hack/test.sh [all|faults]" >&2; exit 2 ;; esac
 
-# The fault suite: `cargo test --test faults` (left out of --all-targets by Cargo.toml), its SUMMARY lines last.
+# The fault suite: the `#[ignore]`d tests of tests/it/faults.rs, one at a time, its SUMMARY lines last.
 run_faults() {
   local log="$1" status
-  echo "== fault injection and load (tests/faults.rs; each test starts its own PostgreSQL and control plane)"
+  echo "== fault injection and load (tests/it/faults.rs; each test starts its own PostgreSQL and control plane)"
   # Fail loudly, before minutes of tests, when what the tests start cannot be found.
   hack/kubebins/build.sh --print-bindir > /dev/null || { echo "hack/kubebins/build.sh failed: no kube-apiserver/etcd"; return 1; }
   hack/python-deps.sh pg-home > /dev/null || { echo "hack/python-deps.sh pg-home failed: no PostgreSQL"; return 1; }
   set +e
-  cargo test --test faults -- --test-threads=1 --nocapture 2>&1 | tee "$log"
+  cargo test --test it faults:: -- --ignored --test-threads=1 --nocapture 2>&1 | tee "$log"
   status="${PIPESTATUS[0]}"
   set -e
   echo "== fault suite summary"

@@ -1,6 +1,6 @@
 //! Every Kubernetes permission the operator needs, derived from the API calls in the code. The Helm chart's
-//! ClusterRole and Role grant exactly these (checked by `tests/rbac.rs`, which renders the chart with `helm
-//! template`, and `tests/helm.rs`, which asks the real apiserver with `kubectl auth can-i`).
+//! ClusterRole and Role grant exactly these (checked by `tests/it/rbac.rs`, which renders the chart with `helm
+//! template`, and `tests/it/helm.rs`, which asks the real apiserver with `kubectl auth can-i`).
 //!
 //! When a controller starts making a new call, add it here (next to a note of where the call is) and in
 //! `charts/datastorage-operator/templates/rbac.yaml`; the tests fail until both agree.

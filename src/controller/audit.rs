@@ -93,7 +93,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 /// What the watch cache keeps of each RemediationAudit: everything the reconciler reads, without the server-side
 /// apply bookkeeping (`managedFields`: one entry per writer, each a parsed JSON tree of field names) and kubectl's
 /// last-applied copy of the object. Neither is read here; dropping them saved several KB of operator RSS per cached
-/// audit in the load test of tests/faults.rs (98.6 → 85.7 MB at 2,000 audits).
+/// audit in the load test of tests/it/faults.rs (98.6 → 85.7 MB at 2,000 audits).
 pub fn trim_for_cache(obj: &mut DeserializeGuard<RemediationAudit>) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;

@@ -1,8 +1,5 @@
 //! Embeddings for real: the MiniLM model through the store's semantic search (relevance and filtered recall), a
 //! shared Redis cache on a real redis-server, and degradation + backfill with a real HTTP provider that fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::TestDb;
+use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 use async_trait::async_trait;
 use axum::Json;
 use axum::http::StatusCode;
@@ -24,8 +23,6 @@ use datastorage::embed::{
 use datastorage::store::search::{AuditFilters, SearchParams};
 use datastorage::store::{AuditWrite, EmbeddingRow, WriteOutcome};
 use serde_json::{Value, json};
-use support::TestDb;
-use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 
 fn model_dir() -> PathBuf {
     PathBuf::from(std::env::var("DATASTORAGE_MODEL_DIR").unwrap_or_else(|_| {
@@ -34,7 +31,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn fixture() -> Value {
-    serde_json::from_str(include_str!("fixtures/relevance.json")).unwrap()
+    serde_json::from_str(include_str!("../fixtures/relevance.json")).unwrap()
 }
 
 fn spec_of(a: &Value, i: usize) -> RemediationAuditSpec {
@@ -205,7 +202,7 @@ impl Embedder for Counting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cache_is_shared_between_replicas_and_its_outage_never_fails_an_embed() {
-    let redis_server = support::Service::redis();
+    let redis_server = crate::support::Service::redis();
     let url = redis_server.url.clone();
     let options = || CacheOptions {
         memory_entries: 100,

@@ -2,20 +2,17 @@
 //! every case goes through `prepare` and, when valid, `Store::write_audit` into one real PostgreSQL database.
 //! Asserted: each documented outcome (persisted / rejected with reason and field / unparsable), no panic anywhere,
 //! and that no planted secret appears anywhere in the database afterwards.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::support::TestDb;
 use chrono::{DateTime, Utc};
 use datastorage::audit::{AuditMeta, FieldError, SanitizeConfig, prepare};
 use datastorage::crd::RemediationAuditSpec;
 use datastorage::store::{AuditWrite, Store, WriteOutcome};
 use serde::Deserialize;
 use serde_json::Value;
-use support::TestDb;
 
 #[derive(Debug, Deserialize)]
 struct Corpus {

@@ -2,20 +2,17 @@
 //! apiserver), take a token of its ServiceAccount, and run the operator in-process with that token only. Everything
 //! it does — watch and patch RemediationAudits and DataStorages, read the database Secret, take the Lease, review
 //! tokens and access for the query API — must succeed with the chart's RBAC.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
-use datastorage::operator::{self, LeaderElection};
-use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
-use support::TestDb;
-use support::chart::{chart_dir, kubebin, run};
-use support::kube::{
+use crate::support::TestDb;
+use crate::support::chart::{chart_dir, kubebin, run};
+use crate::support::kube::{
     audit_yaml, ensure_crds, eventually, kubeconfig, kubectl, kubectl_raw, patch_dstore,
     wait_dstore_phase,
 };
+use datastorage::operator::{self, LeaderElection};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 
 fn helm(args: &[&str]) -> String {
     let config = kubeconfig();

@@ -1,5 +1,4 @@
 //! The `datastorage` binary's offline commands: `check -f` on the shipped samples (exit codes 0/1/2) and `crd`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 

@@ -1,21 +1,18 @@
 //! The query API end to end: the in-process operator's HTTP API on the real PostgreSQL, authenticated and
 //! authorized by the real kube-apiserver (TokenReview, SubjectAccessReview, RBAC created with kubectl, tokens from
 //! `kubectl create token`), and the `kubectl audit` plugin run through the real kubectl.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::kube::{TestEnv, audit_yaml, eventually, kubeconfig, kubectl, kubectl_path};
 use chrono::{DateTime, TimeZone, Utc};
 use datastorage::audit::{AuditMeta, SanitizeConfig, prepare};
 use datastorage::controller::StoreRuntime;
 use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
 use datastorage::store::{AuditWrite, EmbeddingRow, Store, WriteOutcome};
 use serde_json::{Value, json};
-use support::kube::{TestEnv, audit_yaml, eventually, kubeconfig, kubectl, kubectl_path};
 
 const WAIT: Duration = Duration::from_secs(60);
 const RAUDIT: &str = "remediationaudits.datastorage.kubernaut.ai";
@@ -95,7 +92,7 @@ fn wait_can_i(sa_ns: &str, sa: &str, ns_flag: &[&str], expected: bool) {
     for _ in 0..100 {
         let mut args = vec!["auth", "can-i", "list", RAUDIT, "--as", &user];
         args.extend_from_slice(ns_flag);
-        let out = support::kube::kubectl_raw(&args, None);
+        let out = crate::support::kube::kubectl_raw(&args, None);
         let yes = String::from_utf8_lossy(&out.stdout).trim() == "yes";
         if yes == expected {
             return;
@@ -367,9 +364,11 @@ async fn rbac_matrix_limits_every_caller_to_the_namespaces_they_may_list() {
             >= 5
     );
 
-    let _ = support::kube::kubectl_raw(&["delete", "clusterrolebinding", &cluster_role], None);
-    let _ = support::kube::kubectl_raw(&["delete", "clusterrole", &cluster_role], None);
-    let _ = support::kube::kubectl_raw(&["delete", "namespace", &ns_b, "--wait=false"], None);
+    let _ =
+        crate::support::kube::kubectl_raw(&["delete", "clusterrolebinding", &cluster_role], None);
+    let _ = crate::support::kube::kubectl_raw(&["delete", "clusterrole", &cluster_role], None);
+    let _ =
+        crate::support::kube::kubectl_raw(&["delete", "namespace", &ns_b, "--wait=false"], None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

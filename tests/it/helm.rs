@@ -2,14 +2,11 @@
 //! rendered object, install, RBAC sufficiency and least privilege of the chart's ServiceAccount (`kubectl auth
 //! can-i`), an upgrade that changes a CRD, and uninstall. There is no kubelet, so pods never start: this tests the
 //! objects, not the running operator.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
+use crate::support::chart::{chart_dir, documents, kubebin, of_kind, repo_path, run, run_raw};
+use crate::support::kube::{ensure_crds, kubeconfig, kubectl, kubectl_raw};
 use datastorage::rbac::{REQUIRED, Scope};
 use serde_json::Value;
-use support::chart::{chart_dir, documents, kubebin, of_kind, repo_path, run, run_raw};
-use support::kube::{ensure_crds, kubeconfig, kubectl, kubectl_raw};
 
 /// Minimal CRDs named like the Prometheus Operator's, so the monitoring templates render (the chart checks
 /// `.Capabilities.APIVersions.Has "monitoring.coreos.com/v1"`) and their objects are accepted by the apiserver.
@@ -85,11 +82,11 @@ fn helm_lint_passes_and_the_schema_rejects_bad_values() {
 
 #[test]
 fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
-    let docs = documents(&support::chart::template(&[]));
+    let docs = documents(&crate::support::chart::template(&[]));
     for kind in ["ServiceMonitor", "PrometheusRule"] {
         assert!(of_kind(&docs, kind).is_empty(), "{kind} without the API");
     }
-    let docs = documents(&support::chart::template(&[
+    let docs = documents(&crate::support::chart::template(&[
         "--api-versions",
         "monitoring.coreos.com/v1",
     ]));
@@ -140,7 +137,10 @@ fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
     assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
     assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 1);
     assert_eq!(of_kind(&docs, "CustomResourceDefinition").len(), 2);
-    let none = documents(&support::chart::template(&["--set", "crds.install=false"]));
+    let none = documents(&crate::support::chart::template(&[
+        "--set",
+        "crds.install=false",
+    ]));
     assert!(of_kind(&none, "CustomResourceDefinition").is_empty());
 }
 

@@ -1,7 +1,6 @@
 //! The real local control plane started by `hack/cp.sh up` (the Makefile's `test` target exports
 //! DATASTORAGE_TEST_KUBECONFIG and DATASTORAGE_KUBEBIN), driven with the real `kubectl`, plus an in-process
 //! operator scoped to one test namespace and one DataStorage.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -1,14 +1,11 @@
 //! Every metric the spec names, scraped from a real `/metrics` after a workload with valid, invalid and failing
 //! writes, an embedding provider that fails, and query API calls: present, with the expected labels, and non-zero
 //! where the workload moved it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::kube::{
+use crate::support::kube::{
     EnvOptions, TestEnv, audit_yaml, dstore_condition, eventually, kubectl, kubectl_raw,
     patch_dstore,
 };
@@ -40,7 +37,7 @@ fn total(m: &HashMap<String, f64>, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_named_metrics_move_with_the_workload() {
-    let pg = support::Service::postgres();
+    let pg = crate::support::Service::postgres();
     let url = pg.url.clone();
     let env = TestEnv::with(
         "metrics",

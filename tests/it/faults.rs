@@ -1,18 +1,15 @@
 //! Fault injection and load (issue #10, "Nothing lost, nothing leaked"). Each test runs on its own private
 //! PostgreSQL and control plane, with the operator as a real separate `datastorage run` process, and the tests run
 //! one at a time. Run with `make test-faults`; each test prints a `SUMMARY |` line for docs/reliability.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-use support::faults::{
+use crate::support::faults::{
     Operator, StoreSpec, World, count_from_env, cpu_seconds, spawn_stream, stored_count,
     verify_exactly_once,
 };
+use kube::ResourceExt;
 
 /// The tests share the machine's two cores: one at a time (tokio's Mutex does not poison: a failed test does not
 /// fail the next).
@@ -32,7 +29,7 @@ async fn wait_drained(world: &World, op: &Operator, n: usize, timeout: Duration)
         let stored = stored_count(&world.store).await;
         let depth = op.metric("datastorage_reconcile_queue_depth", &[]).await;
         if stored == Some(n as i64) && depth == Some(0.0) {
-            if support::faults::persisted_crs(&world.client, &world.ns).await == n {
+            if crate::support::faults::persisted_crs(&world.client, &world.ns).await == n {
                 return;
             }
             // The operator has nothing left but the API server disagrees: look again, without listing in a loop.
@@ -52,6 +49,7 @@ async fn wait_drained(world: &World, op: &Operator, n: usize, timeout: Duration)
 /// all 20,000 must not use more than a fresh operator that only loaded the same 20,000 (+15 % + 16 MiB of
 /// allocator slack), and the fresh one must not write anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
 async fn load_20k_audits_all_persisted_memory_bounded() {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
@@ -59,7 +57,7 @@ async fn load_20k_audits_all_persisted_memory_bounded() {
     let concurrency = count_from_env("CONCURRENCY", 32);
     let world = World::new(StoreSpec::default()).await;
     let mut op = world.operator("load-0", None).await;
-    support::kube::eventually(Duration::from_secs(60), "the operator ready", || async {
+    crate::support::kube::eventually(Duration::from_secs(60), "the operator ready", || async {
         (op.readyz().await.0 == 200).then_some(())
     })
     .await;
@@ -131,7 +129,7 @@ async fn load_20k_audits_all_persisted_memory_bounded() {
     op.kill9();
     let fresh = world.operator("load-fresh", None).await;
     wait_ready(&fresh, Duration::from_secs(120)).await;
-    support::kube::eventually(
+    crate::support::kube::eventually(
         Duration::from_secs(600),
         "the fresh operator to look at every audit",
         || async {
@@ -191,7 +189,7 @@ async fn load_20k_audits_all_persisted_memory_bounded() {
 
 /// Waits until the operator answers /readyz with 200.
 async fn wait_ready(op: &Operator, timeout: Duration) {
-    support::kube::eventually(timeout, "the operator ready", || async {
+    crate::support::kube::eventually(timeout, "the operator ready", || async {
         (op.readyz().await.0 == 200).then_some(())
     })
     .await;
@@ -199,7 +197,7 @@ async fn wait_ready(op: &Operator, timeout: Duration) {
 
 /// Waits until PostgreSQL holds at least `at` audits.
 async fn wait_stored_at_least(world: &World, at: usize, timeout: Duration) -> i64 {
-    support::kube::eventually(timeout, &format!("{at} audits stored"), || async {
+    crate::support::kube::eventually(timeout, &format!("{at} audits stored"), || async {
         stored_count(&world.store).await.filter(|&c| c >= at as i64)
     })
     .await
@@ -210,6 +208,7 @@ async fn wait_stored_at_least(world: &World, at: usize, timeout: Duration) -> i6
 /// exactly once, with its vector (the Hash provider: row and vector are one transaction), chains intact; the
 /// operator reports not-ready while the database is down and never restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
 async fn database_stopped_twice_mid_stream_nothing_lost_nothing_duplicated() {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
@@ -231,12 +230,15 @@ async fn database_stopped_twice_mid_stream_nothing_lost_nothing_duplicated() {
         let stopped = Instant::now();
         let created = progress.created.load(Ordering::SeqCst);
         // Readiness follows the database.
-        let (code, body) =
-            support::kube::eventually(outage * 2, "not ready while PostgreSQL is down", || async {
+        let (code, body) = crate::support::kube::eventually(
+            outage * 2,
+            "not ready while PostgreSQL is down",
+            || async {
                 let r = op.readyz().await;
                 (r.0 == 503).then_some(r)
-            })
-            .await;
+            },
+        )
+        .await;
         tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
         let created_during = progress.created.load(Ordering::SeqCst) - created;
         world.pg.run("start");
@@ -258,7 +260,7 @@ async fn database_stopped_twice_mid_stream_nothing_lost_nothing_duplicated() {
     let elapsed = start.elapsed();
     let verified = verify_exactly_once(&world.client, &world.store, &world.ns, n).await;
     // Nothing lost on the vector side either: the backfill completes whatever fell back to row-only.
-    let vectors = support::kube::eventually(
+    let vectors = crate::support::kube::eventually(
         Duration::from_secs(120),
         "a vector for every audit",
         || async {
@@ -325,19 +327,20 @@ async fn leader_of(replicas: &[Operator]) -> Option<usize> {
 /// once with its chain intact: an interrupted transaction rolls back and is replayed idempotently by the next
 /// leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
 async fn leader_killed_at_random_points_nothing_lost_nothing_duplicated() {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
     let n = count_from_env("KILL_AUDITS", 5_000);
     let kills = 3;
     let lease_seconds = 3;
-    let mut rng = support::faults::Rng::from_env();
+    let mut rng = crate::support::faults::Rng::from_env();
     let world = World::new(StoreSpec::default()).await;
     let mut replicas = vec![
         world.operator("replica-0", Some(lease_seconds)).await,
         world.operator("replica-1", Some(lease_seconds)).await,
     ];
-    support::kube::eventually(Duration::from_secs(60), "one leader", || async {
+    crate::support::kube::eventually(Duration::from_secs(60), "one leader", || async {
         leader_of(&replicas).await
     })
     .await;
@@ -350,10 +353,11 @@ async fn leader_killed_at_random_points_nothing_lost_nothing_duplicated() {
         let window = 75 / kills;
         let percent = 10 + k * window + rng.range(0, window);
         let at = wait_stored_at_least(&world, n * percent / 100, Duration::from_secs(600)).await;
-        let leader = support::kube::eventually(Duration::from_secs(60), "one leader", || async {
-            leader_of(&replicas).await
-        })
-        .await;
+        let leader =
+            crate::support::kube::eventually(Duration::from_secs(60), "one leader", || async {
+                leader_of(&replicas).await
+            })
+            .await;
         let writes_before = replicas[leader]
             .metric(
                 "datastorage_write_total",
@@ -375,7 +379,7 @@ async fn leader_killed_at_random_points_nothing_lost_nothing_duplicated() {
                 .operator(&format!("replica-{}", k + 2), Some(lease_seconds))
                 .await,
         );
-        support::kube::eventually(Duration::from_secs(60), "a new leader", || async {
+        crate::support::kube::eventually(Duration::from_secs(60), "a new leader", || async {
             leader_of(&replicas).await
         })
         .await;
@@ -390,10 +394,11 @@ async fn leader_killed_at_random_points_nothing_lost_nothing_duplicated() {
         handovers.push(handover.as_secs_f64());
     }
     task.await.unwrap();
-    let leader = support::kube::eventually(Duration::from_secs(60), "one leader", || async {
-        leader_of(&replicas).await
-    })
-    .await;
+    let leader =
+        crate::support::kube::eventually(Duration::from_secs(60), "one leader", || async {
+            leader_of(&replicas).await
+        })
+        .await;
     wait_drained(&world, &replicas[leader], n, Duration::from_secs(600)).await;
     let elapsed = start.elapsed();
     let verified = verify_exactly_once(&world.client, &world.store, &world.ns, n).await;
@@ -425,6 +430,7 @@ async fn leader_killed_at_random_points_nothing_lost_nothing_duplicated() {
 /// process, leader election on, never restarted — resumes its watches: the segments created after each restart
 /// can only reach it through a resumed watch, and every audit ends up Persisted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
 async fn apiserver_restarted_mid_stream_watches_resume_nothing_missed() {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
@@ -442,7 +448,7 @@ async fn apiserver_restarted_mid_stream_watches_resume_nothing_missed() {
         let (progress, task) = spawn_stream(&world.client, &world.ns, from, to, 32);
         if s + 1 < segments {
             let half = (to - from) / 2;
-            support::kube::eventually(
+            crate::support::kube::eventually(
                 Duration::from_secs(600),
                 "half a segment created",
                 || async { (progress.created.load(Ordering::SeqCst) >= half).then_some(()) },
@@ -497,6 +503,7 @@ async fn apiserver_restarted_mid_stream_watches_resume_nothing_missed() {
 /// `Retrying`), nothing is stored, /readyz reports the exhausted pool, nothing panics; once the lock goes every
 /// audit is Persisted exactly once and /readyz is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
 async fn pool_exhausted_writes_back_off_and_recover() {
     use sqlx::Connection;
     let _serial = SERIAL.lock().await;
@@ -530,13 +537,13 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         .unwrap_or(0.0);
     let (progress, task) = spawn_stream(&world.client, &world.ns, before, before + during, 16);
     let (_, body) =
-        support::kube::eventually(Duration::from_secs(60), "/readyz not ready", || async {
+        crate::support::kube::eventually(Duration::from_secs(60), "/readyz not ready", || async {
             let r = op.readyz().await;
             (r.0 == 503).then_some(r)
         })
         .await;
     assert!(body.contains("pool is exhausted"), "/readyz: {body}");
-    let in_use = support::kube::eventually(
+    let in_use = crate::support::kube::eventually(
         Duration::from_secs(60),
         "every pool connection busy",
         || async {
@@ -558,7 +565,7 @@ async fn pool_exhausted_writes_back_off_and_recover() {
         .await
         .unwrap_or(0.0)
         - failures_before;
-    let crs = support::faults::list_audits(&world.client, &world.ns).await;
+    let crs = crate::support::faults::list_audits(&world.client, &world.ns).await;
     let mut states = std::collections::BTreeMap::new();
     for ra in crs.values() {
         let status = ra.status.as_ref().map_or("no status".to_string(), |s| {

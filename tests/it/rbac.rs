@@ -1,14 +1,11 @@
 //! The chart's RBAC grants exactly the permissions the code uses (`datastorage::rbac::REQUIRED`): rendered with the
 //! real `helm template`, no cluster needed. tests/helm.rs checks the same list against a real apiserver.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::BTreeSet;
 
+use crate::support::chart::{documents, of_kind, template};
 use datastorage::rbac::{REQUIRED, Scope};
 use serde_json::Value;
-use support::chart::{documents, of_kind, template};
 
 type Grant = (Scope, String, String, String);
 

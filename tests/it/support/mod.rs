@@ -1,6 +1,5 @@
 //! Shared test harness: a fresh PostgreSQL database per test on the real PostgreSQL 18 + pgvector started by
 //! `hack/pg.sh up` (the Makefile's `test` target does it and exports DATASTORAGE_TEST_DATABASE_URL).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,15 +1,12 @@
 //! The RemediationAudit controller end to end: real kube-apiserver, real kubectl, real PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
-use sqlx::Row;
-use support::kube::{
+use crate::support::kube::{
     EnvOptions, TestEnv, audit_yaml, dstore, dstore_condition, eventually, kubectl, kubectl_raw,
     patch_dstore, wait_dstore_phase,
 };
+use sqlx::Row;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -179,7 +176,7 @@ async fn spec_edit_appends_history_and_delete_keeps_the_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_gives_retrying_then_exactly_one_row() {
     // A private PostgreSQL cluster, so stopping it does not disturb other tests.
-    let pg = support::Service::postgres();
+    let pg = crate::support::Service::postgres();
     let url = pg.url.clone();
     let env = TestEnv::with(
         "outage",
@@ -375,7 +372,7 @@ async fn cr_ttl_deletes_the_resource_and_keeps_the_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_rejects_a_non_structural_crd_and_accepts_ours() {
-    support::kube::ensure_crds();
+    crate::support::kube::ensure_crds();
     let bad = r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:

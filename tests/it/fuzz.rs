@@ -15,7 +15,6 @@
 //!
 //! Properties of the hash chain on arbitrary records: an untouched chain verifies; changing any byte of any field of
 //! one generation is detected at that generation and not before.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The fault-injection suite's world (tests/faults.rs): a private control plane and a private PostgreSQL per test,
 //! the operator as a real separate `datastorage run` process (so it can be SIGKILLed), a bounded-concurrency
 //! stream of RemediationAudits through the kube client, and the "exactly N, 0 duplicates, chains intact" check.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

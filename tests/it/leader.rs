@@ -1,13 +1,10 @@
 //! Leader election on a real Lease: two operator replicas, only the holder writes; when it dies the other takes
 //! over and every audit ends up stored exactly once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 use datastorage::operator::{LeaderElection, Running};
-use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 
 fn leader_of(replicas: &[&Running]) -> Vec<usize> {
     replicas

@@ -1,5 +1,4 @@
 //! The CRDs: the checked-in YAML equals what the binary prints, and the schemas are structural.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use datastorage::crd::crd_documents;
 use serde_json::Value;

@@ -1,15 +1,12 @@
 //! The store on the real PostgreSQL 18 + pgvector: migrations, the write transaction, the hash chain,
 //! immutability, duplicates, deletion, and nearest-neighbour search through the HNSW index.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
+use crate::support::TestDb;
 use chrono::{DateTime, Utc};
 use datastorage::audit::{AuditMeta, Prepared, SanitizeConfig, prepare};
 use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
 use datastorage::store::{AuditWrite, EmbeddingRow, WriteOutcome};
 use sqlx::Row;
-use support::TestDb;
 
 fn now() -> DateTime<Utc> {
     Utc::now()

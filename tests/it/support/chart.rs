@@ -1,5 +1,4 @@
 //! The Helm chart and the pinned helm/promtool binaries (next to kubectl in DATASTORAGE_KUBEBIN).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

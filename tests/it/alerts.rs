@@ -2,20 +2,17 @@
 //! alert (`test rules config/prometheus/alerts_test.yaml`), the exposition format of a real `/metrics` scrape
 //! (`check metrics`), and HighWriteErrorRate evaluated on counters scraped from a real operator whose database
 //! went away.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::chart::{kubebin, repo_path, run, run_raw};
+use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 use datastorage::embed::EmbedMetrics;
 use datastorage::metrics::Metrics;
 use serde_json::{Value, json};
-use support::chart::{kubebin, repo_path, run, run_raw};
-use support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -280,7 +277,7 @@ async fn scrape(env: &TestEnv) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_makes_high_write_error_rate_hold_on_real_counters() {
     // A private PostgreSQL, so stopping it does not disturb other tests.
-    let pg = support::Service::postgres();
+    let pg = crate::support::Service::postgres();
     let url = pg.url.clone();
     let env = TestEnv::with(
         "alerts",

@@ -1,16 +1,13 @@
 //! The Grafana dashboard: the 13 panels of SPEC.md §4, every metric it (and every alert) references is exported by
 //! the operator, and the chart ships an identical copy.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::BTreeSet;
 
+use crate::support::chart::repo_path;
 use datastorage::embed::EmbedMetrics;
 use datastorage::metrics::Metrics;
 use regex::Regex;
 use serde_json::Value;
-use support::chart::repo_path;
 
 fn dashboard() -> Value {
     serde_json::from_str(
