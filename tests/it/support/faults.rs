@@ -43,10 +43,6 @@ impl ControlPlane {
         cp
     }
 
-    pub fn dir_path(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn cp_dir(&self) -> PathBuf {
         self.dir.path().join("cp")
     }
@@ -103,22 +99,6 @@ impl ControlPlane {
         );
     }
 
-    /// Runs the real kubectl against this control plane; returns stdout (panics with stderr on failure).
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new(format!("{}/kubectl", kube_bindir()))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
         let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -158,24 +138,6 @@ impl Drop for ControlPlane {
             .env("CP_DIR", self.cp_dir())
             .output();
     }
-}
-
-/// The directory of kubectl, kube-apiserver and etcd (`hack/kubebins/build.sh --print-bindir`).
-pub fn kube_bindir() -> String {
-    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new(format!("{MANIFEST_DIR}/hack/kubebins/build.sh"))
-            .arg("--print-bindir")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "hack/kubebins/build.sh --print-bindir: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
-    .clone()
 }
 
 /// The settings of the DataStorage a fault test serves.
@@ -242,7 +204,6 @@ pub struct Operator {
     pub identity: String,
     pub log: PathBuf,
     pub ops_addr: SocketAddr,
-    pub api_addr: SocketAddr,
 }
 
 /// How to start an operator process.
@@ -292,7 +253,7 @@ impl Operator {
         }
         let mut child = cmd.spawn().unwrap();
         let started = Instant::now();
-        let (ops_addr, api_addr) = loop {
+        let ops_addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let addr_of = |message: &str| {
                 text.lines()
@@ -300,11 +261,11 @@ impl Operator {
                     .find(|v| v["fields"]["message"].as_str() == Some(message))
                     .and_then(|v| v["fields"]["addr"].as_str()?.parse::<SocketAddr>().ok())
             };
-            if let (Some(ops), Some(api)) = (
+            if let (Some(ops), Some(_api)) = (
                 addr_of("serving /metrics, /healthz, /readyz"),
                 addr_of("serving the query API (/api/v1, /openapi.json)"),
             ) {
-                break (ops, api);
+                break ops;
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the operator exited ({status}) before serving:\n{text}");
@@ -320,7 +281,6 @@ impl Operator {
             identity: args.identity.to_string(),
             log,
             ops_addr,
-            api_addr,
         }
     }
 
@@ -636,22 +596,6 @@ fn settled_persisted(ra: &RemediationAudit) -> bool {
         s.state == Some(datastorage::crd::AuditState::Persisted)
             && s.observed_generation == ra.metadata.generation
     })
-}
-
-/// Waits until every one of the `n` audits of `ns` is `Persisted` for its current generation.
-pub async fn wait_all_persisted(client: &Client, ns: &str, n: usize, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let done = persisted_crs(client, ns).await;
-        if done == n {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "only {done} of {n} audits Persisted after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// What [`verify_exactly_once`] found.

@@ -130,11 +130,6 @@ impl Service {
         svc
     }
 
-    /// The service's directory (`PG_DIR` / `REDIS_DIR`).
-    pub fn dir_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("svc")
-    }
-
     /// Runs `script cmd` for this instance (`cmd` split at spaces, e.g. "stop immediate"); returns the last line
     /// it printed.
     pub fn run(&self, cmd: &str) -> String {
