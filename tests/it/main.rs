@@ -9,6 +9,7 @@
 
 mod support;
 
+mod admission_policy;
 mod alerts;
 mod api;
 mod bad_inputs;
