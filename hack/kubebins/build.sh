@@ -8,6 +8,7 @@
 #   kubelet, kube-controller-manager, kube-scheduler, kube-proxy  (k8s.io/kubernetes, wrapper module ./node,
 #                                                                 same version as ./k8s)
 #   containerd, containerd-shim-runc-v2, ctr                      (go install ...@$CONTAINERD_VERSION)
+#   crictl                                                        (go install ...@$CRICTL_VERSION)
 #   pause                                                         (gcc -static of the k8s module's pause.c)
 #
 # Versions are pinned by the go.mod/go.sum of each wrapper module (the single
@@ -84,10 +85,11 @@ BINARIES=(kube-apiserver kubectl etcd helm promtool)
 # The node binaries: a key of their own, so adding them changed nothing for the binaries above.
 NODE_RECIPE=1
 CONTAINERD_VERSION=v2.4.2
+CRICTL_VERSION=v1.37.0
 node_src_hash() {
   (
     cd "$HERE"
-    echo "recipe=$NODE_RECIPE containerd=$CONTAINERD_VERSION"
+    echo "recipe=$NODE_RECIPE containerd=$CONTAINERD_VERSION crictl=$CRICTL_VERSION"
     cat node/go.mod node/go.sum
   ) | sha256sum | cut -c1-10
 }
@@ -95,7 +97,7 @@ NODE_K8S_MODV="$(modver node k8s.io/kubernetes)"
 [[ "$NODE_K8S_MODV" == "$K8S_MODV" ]] || die "node/go.mod pins k8s.io/kubernetes $NODE_K8S_MODV but k8s/go.mod $K8S_MODV"
 NODE_KEY="node-k8s-${K8S_VERSION}_containerd-${CONTAINERD_VERSION#v}_${GOVER}_$(node_src_hash)"
 NODE_BINDIR="$CACHE_ROOT/kubebins/$NODE_KEY/bin"
-NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr pause)
+NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr crictl pause)
 
 MODE=default
 if [[ "${1:-}" == "node" ]]; then
@@ -189,25 +191,27 @@ etcd_ldflags=""
 
 log "bin dir: $BINDIR"
 if [[ "$MODE" == node ]]; then
-  # Go builds of the kubelet take ~11 min cold on 2 cores: lowest priority, the machine is shared.
-  build_one kube-scheduler          node k8s.io/kubernetes/cmd/kube-scheduler          "$k8s_ldflags"
-  build_one kube-proxy              node k8s.io/kubernetes/cmd/kube-proxy              "$k8s_ldflags"
-  build_one kube-controller-manager node k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
-  build_one kubelet                 node k8s.io/kubernetes/cmd/kubelet                 "$k8s_ldflags"
-  # containerd's own module (its go.mod and go.sum pin its dependencies); cgo as upstream builds it.
-  for b in containerd containerd-shim-runc-v2 ctr; do
-    [[ -x "$BINDIR/$b" ]] && { log "$b: present"; continue; }
-    log "$b: go install github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION ..."
+  # containerd's and cri-tools' own modules (their go.mod and go.sum pin their dependencies); cgo as upstream
+  # builds containerd.
+  go_install() { # name package@version ldflags
+    [[ -x "$BINDIR/$1" ]] && { log "$1: present"; return 0; }
+    log "$1: go install $2 ..."
+    local start tmpbin
     start="$(date +%s)"
     tmpbin="$BINDIR/.gobin.$$"
     mkdir -p "$tmpbin"
-    (cd / && CGO_ENABLED=1 GOBIN="$tmpbin" go install -trimpath \
-        -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
-        "github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION") >&2 || { rm -rf "$tmpbin"; die "$b: go install failed"; }
-    mv -f "$tmpbin/$b" "$BINDIR/$b"
+    (cd / && CGO_ENABLED=1 GOBIN="$tmpbin" go install -trimpath -ldflags "-s -w $3" "$2") >&2 ||
+      { rm -rf "$tmpbin"; die "$1: go install failed"; }
+    mv -f "$tmpbin/$1" "$BINDIR/$1"
     rm -rf "$tmpbin"
-    log "$b: built in $(( $(date +%s) - start ))s"
+    log "$1: built in $(( $(date +%s) - start ))s"
+  }
+  for b in containerd containerd-shim-runc-v2 ctr; do
+    go_install "$b" "github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION" \
+      "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
   done
+  go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
   # The sandbox ("pause") binary, from the same k8s.io/kubernetes module as the kubelet.
   if [[ ! -x "$BINDIR/pause" ]]; then
     pause_c="$(cd "$HERE/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
@@ -219,6 +223,11 @@ if [[ "$MODE" == node ]]; then
     strip "$BINDIR/.pause.tmp" 2>/dev/null || true
     mv -f "$BINDIR/.pause.tmp" "$BINDIR/pause"
   fi
+  # The kubelet takes ~11 min cold on 2 cores (kube-controller-manager ~5, the others <1).
+  build_one kube-scheduler          node k8s.io/kubernetes/cmd/kube-scheduler          "$k8s_ldflags"
+  build_one kube-proxy              node k8s.io/kubernetes/cmd/kube-proxy              "$k8s_ldflags"
+  build_one kube-controller-manager node k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+  build_one kubelet                 node k8s.io/kubernetes/cmd/kubelet                 "$k8s_ldflags"
   all_present || die "some binaries are missing in $BINDIR"
   printf '%s\n' "$BINDIR"
   exit 0
