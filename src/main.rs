@@ -270,7 +270,11 @@ async fn release_finalizers(
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let start = std::time::Instant::now();
     loop {
-        let left = pods.list(&ListParams::default().labels(&selector)).await?.items.len();
+        let left = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .len();
         if left == 0 {
             break;
         }
@@ -285,7 +289,8 @@ async fn release_finalizers(
     let audits: Api<crd::RemediationAudit> = Api::all(client.clone());
     let mut released = 0;
     for ra in audits.list(&ListParams::default()).await?.items {
-        let (Some(ns), Some(name)) = (ra.metadata.namespace.clone(), ra.metadata.name.clone()) else {
+        let (Some(ns), Some(name)) = (ra.metadata.namespace.clone(), ra.metadata.name.clone())
+        else {
             continue;
         };
         let api: Api<crd::RemediationAudit> = Api::namespaced(client.clone(), &ns);

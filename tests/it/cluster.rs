@@ -176,7 +176,9 @@ fn rss_by_pod() -> BTreeMap<String, u64> {
             continue;
         };
         let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if argv.first() != Some(&&b"/usr/local/bin/datastorage"[..]) || argv.get(1) != Some(&&b"run"[..]) {
+        if argv.first() != Some(&&b"/usr/local/bin/datastorage"[..])
+            || argv.get(1) != Some(&&b"run"[..])
+        {
             continue;
         }
         let Ok(environ) = std::fs::read(p.join("environ")) else {
@@ -240,7 +242,10 @@ fn network_policy_shape() {
         ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
         "sre"
     );
-    assert!(ingress[1].get("from").is_none(), "metrics open to any pod by default");
+    assert!(
+        ingress[1].get("from").is_none(),
+        "metrics open to any pod by default"
+    );
     let egress = spec["egress"][0]["ports"].as_array().unwrap();
     let tcp: Vec<i64> = egress
         .iter()
@@ -263,11 +268,17 @@ fn uninstall_hook_shape() {
     let docs = documents(&template(&["--show-only", "templates/uninstall-hook.yaml"]));
     assert_eq!(docs.len(), 6);
     for d in &docs {
-        assert_eq!(d["metadata"]["annotations"]["helm.sh/hook"], "pre-delete", "{d}");
+        assert_eq!(
+            d["metadata"]["annotations"]["helm.sh/hook"], "pre-delete",
+            "{d}"
+        );
     }
     let job = of_kind(&docs, "Job")[0];
     let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["serviceAccountName"], "ds-datastorage-operator-uninstall");
+    assert_eq!(
+        pod["serviceAccountName"],
+        "ds-datastorage-operator-uninstall"
+    );
     assert_eq!(pod["containers"][0]["args"][0], "release-finalizers");
     assert_eq!(
         pod["containers"][0]["args"][1],
@@ -335,7 +346,11 @@ async fn helm_on_a_real_node() {
     })
     .await;
     let install_ready = t.elapsed();
-    let pods: Vec<String> = ready_pods(&client).await.iter().map(|p| p.name_any()).collect();
+    let pods: Vec<String> = ready_pods(&client)
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
     let leaders: Vec<&String> = crate::support::kube::eventually(
         Duration::from_secs(60),
         "exactly one pod reporting datastorage_leader 1",
@@ -350,7 +365,11 @@ async fn helm_on_a_real_node() {
     .await;
     assert_eq!(leaders[0], &holder, "the leader metric and the Lease agree");
     let rest = rss_by_pod();
-    assert_eq!(rest.len(), 3, "three operator processes on the node: {rest:?}");
+    assert_eq!(
+        rest.len(),
+        3,
+        "three operator processes on the node: {rest:?}"
+    );
     summary(
         test_start,
         format!(
@@ -358,7 +377,10 @@ async fn helm_on_a_real_node() {
              holder {holder} is one of the pods and the only one with datastorage_leader 1; RSS at rest {} \
              (requests 256Mi, limit 1Gi) |",
             install_ready.as_secs_f64(),
-            rest.values().map(|k| mib(*k)).collect::<Vec<_>>().join(" / ")
+            rest.values()
+                .map(|k| mib(*k))
+                .collect::<Vec<_>>()
+                .join(" / ")
         ),
     );
 
@@ -390,7 +412,15 @@ async fn helm_on_a_real_node() {
     };
     sample(&mut load_rss);
     let killed_at = Instant::now();
-    kubectl(&["-n", NS, "delete", "pod", &holder, "--grace-period=0", "--force"]);
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        &holder,
+        "--grace-period=0",
+        "--force",
+    ]);
     let new_leader = loop {
         if let Some(h) = lease_holder(&client).await.filter(|h| *h != holder) {
             break h;
@@ -426,7 +456,11 @@ async fn helm_on_a_real_node() {
             v.chain_links_checked,
             failover.as_secs_f64(),
             progress.retried.load(std::sync::atomic::Ordering::SeqCst),
-            load_rss.values().map(|k| mib(*k)).collect::<Vec<_>>().join(" / ")
+            load_rss
+                .values()
+                .map(|k| mib(*k))
+                .collect::<Vec<_>>()
+                .join(" / ")
         ),
     );
     assert!(
@@ -461,7 +495,15 @@ async fn helm_on_a_real_node() {
     task.await.unwrap();
     wait_all_persisted(&client, AUDITS_NS, total, Duration::from_secs(600)).await;
     let v = verify_exactly_once(&client, &store, AUDITS_NS, total).await;
-    let pdb = kubectl(&["-n", NS, "get", "pdb", RELEASE, "-o", "jsonpath={.spec.minAvailable}"]);
+    let pdb = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pdb",
+        RELEASE,
+        "-o",
+        "jsonpath={.spec.minAvailable}",
+    ]);
     summary(
         t,
         format!(
@@ -598,7 +640,9 @@ async fn helm_on_a_real_node() {
     let id = items[0]["id"].as_i64().unwrap().to_string();
     let verified = ok_json(&["verify", &id, "-o", "json"]);
     assert_eq!(verified["chainVerified"], true, "{verified}");
-    println!("kubectl audit list/search/verify through the service proxy as {NS}:cluster-reader: RBAC scoped");
+    println!(
+        "kubectl audit list/search/verify through the service proxy as {NS}:cluster-reader: RBAC scoped"
+    );
 
     // 5. helm uninstall: the pre-delete hook scales the operator down and removes the finalizers; CRDs and audits
     //    stay; a namespace holding audits can be deleted.
@@ -634,5 +678,8 @@ async fn helm_on_a_real_node() {
         ),
     );
     kubectl(&["delete", "namespace", AUDITS_NS, "--wait=false"]);
-    println!("cluster suite: {:.0}s in all", test_start.elapsed().as_secs_f64());
+    println!(
+        "cluster suite: {:.0}s in all",
+        test_start.elapsed().as_secs_f64()
+    );
 }
