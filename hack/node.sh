@@ -684,7 +684,7 @@ cmd_check_clean() {
   m="$(ip -br link 2>/dev/null | awk '$1 ~ /^veth/ {print $1}')"; [[ -z "$m" ]] || { echo "veths: $m"; bad=1; }
   for m in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do [[ -d "$m" ]] && { echo "cgroup $m"; bad=1; }; done
   [[ "$(sysctl -n net.ipv4.ip_forward)" == 0 ]] || { echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)"; bad=1; }
-  m="$(pgrep -af "$NODE_DIR" || true)"; [[ -z "$m" ]] || { echo "processes: $m"; bad=1; }
+  m="$(pgrep -af "$NODE_DIR/" || true)"; [[ -z "$m" ]] || { echo "processes: $m"; bad=1; }
   [[ ! -e "$NODE_DIR" ]] || { echo "$NODE_DIR exists"; bad=1; }
   return "$bad"
 }
@@ -704,6 +704,9 @@ cmd_status() {
   CP_DIR="$NODE_DIR/cp" "$HACK_DIR/cp.sh" status || ok=3
   return "$ok"
 }
+
+# Sourced: define the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   up) cmd_up ;;
