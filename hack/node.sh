@@ -83,7 +83,7 @@ save_host_state() {
   local s f="$NODE_DIR/host.sysctl" p
   : >"$f"
   for s in "${SYSCTLS[@]}"; do
-    [[ -e "/proc/sys/${s//.//}" ]] && printf '%s=%s\n' "$s" "$(sysctl -n "$s")" >>"$f"
+    if [[ -e "/proc/sys/${s//.//}" ]]; then printf '%s=%s\n' "$s" "$(sysctl -n "$s")" >>"$f"; fi
   done
   : >"$NODE_DIR/host.paths"
   for p in "${OUTSIDE_PATHS[@]}"; do
@@ -96,7 +96,8 @@ restore_sysctls() {
   local f="$NODE_DIR/host.sysctl" line
   [[ -f "$f" ]] || return 0
   while IFS= read -r line; do
-    [[ -n "$line" ]] && sysctl -q -w "$line" >/dev/null 2>&1 || log "could not restore sysctl $line"
+    [[ -n "$line" ]] || continue
+    sysctl -q -w "$line" >/dev/null 2>&1 || log "could not restore sysctl $line"
   done <"$f"
 }
 
@@ -611,7 +612,15 @@ cmd_up() {
 # --------------------------------------------------------------------------------------------------------------------
 # down
 
-cmd_down_locked() {
+# Teardown runs every step even when one fails (a subshell with errexit off), so a half-broken node still leaves
+# nothing behind; its exit status is that of the safety checks only.
+cmd_down_locked() { (
+  set +eE
+  trap - ERR
+  down_steps
+); }
+
+down_steps() {
   [[ -e "$NODE_DIR" ]] || return 0
   [[ -e "$NODE_DIR/.datastorage-node" ]] || {
     [[ -d "$NODE_DIR" && -z "$(ls -A "$NODE_DIR")" ]] && { rmdir "$NODE_DIR"; return 0; }
@@ -682,7 +691,9 @@ cmd_check_clean() {
   m="$(our_mounts)"; [[ -z "$m" ]] || { echo "mounts: $m"; bad=1; }
   m="$(ls /run/netns 2>/dev/null | grep '^cni-' || true)"; [[ -z "$m" ]] || { echo "netns: $m"; bad=1; }
   m="$(ip -br link 2>/dev/null | awk '$1 ~ /^veth/ {print $1}')"; [[ -z "$m" ]] || { echo "veths: $m"; bad=1; }
-  for m in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do [[ -d "$m" ]] && { echo "cgroup $m"; bad=1; }; done
+  for m in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
+    if [[ -d "$m" ]]; then echo "cgroup $m"; bad=1; fi
+  done
   [[ "$(sysctl -n net.ipv4.ip_forward)" == 0 ]] || { echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)"; bad=1; }
   m="$(pgrep -af "$NODE_DIR/" || true)"; [[ -z "$m" ]] || { echo "processes: $m"; bad=1; }
   [[ ! -e "$NODE_DIR" ]] || { echo "$NODE_DIR exists"; bad=1; }

@@ -332,9 +332,8 @@ async fn helm_on_a_real_node() {
         "dataStorage.create=true",
         "--set",
         "dataStorage.tlsMode=disable",
-        "--wait",
-        "--timeout",
-        "5m",
+        // No --wait: the pods are Ready only once the DataStorage exists, and the chart creates it in a
+        // post-install hook, which Helm runs after the wait.
     ]);
     let holder = wait_ready(&client, 3, Some(&image), Duration::from_secs(300)).await;
     crate::support::kube::eventually(Duration::from_secs(120), "DataStorage Ready", || async {
