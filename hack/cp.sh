@@ -30,7 +30,8 @@
 #   CP_BIND_ADDRESS    address kube-apiserver binds and advertises and the kubeconfig names (default 127.0.0.1;
 #                      hack/node.sh passes its bridge address so that pods can reach it); etcd stays on loopback
 #   CP_EXTRA_SANS      extra subjectAltNames of the serving cert, e.g. "IP:10.96.0.1,IP:10.244.0.1"
-#   CP_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, one per line (a later flag wins over the defaults)
+#   CP_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, one per line (a later scalar flag wins over the defaults)
+#   CP_AUTHORIZATION_MODE    default RBAC (hack/node.sh: Node,RBAC)
 #
 # hack/node.sh sources this file for its process and certificate helpers (nothing runs when sourced).
 #
@@ -47,6 +48,7 @@ MARKER=".datastorage-cp"
 CP_BIND_ADDRESS="${CP_BIND_ADDRESS:-127.0.0.1}"
 CP_EXTRA_SANS="${CP_EXTRA_SANS:-}"
 CP_APISERVER_EXTRA_ARGS="${CP_APISERVER_EXTRA_ARGS:-}"
+CP_AUTHORIZATION_MODE="${CP_AUTHORIZATION_MODE:-RBAC}"
 
 log() { printf '[cp] %s\n' "$*" >&2; }
 die() { printf '[cp] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -341,7 +343,7 @@ apiserver_args() {
 --tls-cert-file=$CP_DIR/apiserver.crt
 --tls-private-key-file=$CP_DIR/apiserver.key
 --client-ca-file=$CP_DIR/ca.crt
---authorization-mode=RBAC
+--authorization-mode=$CP_AUTHORIZATION_MODE
 --service-account-issuer=https://kubernetes.default.svc.cluster.local
 --service-account-key-file=$CP_DIR/sa.pub
 --service-account-signing-key-file=$CP_DIR/sa.key
@@ -415,7 +417,10 @@ cmd_up() {
     return 0
   fi
 
-  BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
+  # Only these three are needed here: do not wait for a build of the others (helm, promtool) in progress.
+  BINDIR="$("$HACK_DIR/kubebins/build.sh" --print-bindir)"
+  [[ -x "$BINDIR/kube-apiserver" && -x "$BINDIR/etcd" && -x "$BINDIR/kubectl" ]] ||
+    BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
   [[ -x "$BINDIR/kube-apiserver" && -x "$BINDIR/etcd" && -x "$BINDIR/kubectl" ]] ||
     die "build.sh did not produce binaries in '$BINDIR'"
 

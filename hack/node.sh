@@ -507,7 +507,8 @@ cmd_up() {
   fi
   [[ "$(id -u)" -eq 0 ]] || die "hack/node.sh needs root (network namespaces, bridge, iptables, cgroups, mounts)"
   find_tools
-  BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
+  BINDIR="$("$HACK_DIR/kubebins/build.sh" --print-bindir)"
+  [[ -x "$BINDIR/kubectl" ]] || BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
   NODE_BINDIR="$(nice -n 19 "$HACK_DIR/kubebins/build.sh" node | tail -n1)"
   take_host
   if [[ -e "$NODE_DIR" ]]; then
@@ -529,10 +530,9 @@ cmd_up() {
   make_cgroups
 
   log "etcd + kube-apiserver on $GATEWAY (hack/cp.sh, state in $CP_DIR)"
-  CP_BIND_ADDRESS="$GATEWAY" CP_EXTRA_SANS="IP:$GATEWAY,IP:$KUBERNETES_SVC_IP" \
+  CP_BIND_ADDRESS="$GATEWAY" CP_AUTHORIZATION_MODE=Node,RBAC CP_EXTRA_SANS="IP:$GATEWAY,IP:$KUBERNETES_SVC_IP" \
     CP_APISERVER_EXTRA_ARGS="--service-cluster-ip-range=$SERVICE_CIDR
 --endpoint-reconciler-type=lease
---authorization-mode=Node,RBAC
 --kubelet-client-certificate=$CP_DIR/admin.crt
 --kubelet-client-key=$CP_DIR/admin.key
 --kubelet-preferred-address-types=InternalIP" \
