@@ -60,7 +60,8 @@ up() {
   image="$(IMAGE_PROFILE="$PROFILE" hack/image.sh | tail -n1)"
   echo "$image"
   nice -n 10 cargo build --quiet --locked $([[ "$PROFILE" == release ]] && echo --release) --bin kubectl-audit
-  local plugin_dir="${CARGO_TARGET_DIR:-target}/$PROFILE"
+  local plugin_dir
+  plugin_dir="$(realpath "${CARGO_TARGET_DIR:-target}/$PROFILE")"
   phase_done "image build + import"
 
   say "PostgreSQL 18 + pgvector, reachable from the pods on $GATEWAY (password auth for $POD_CIDR)"
@@ -141,7 +142,7 @@ up() {
     KUBECONFIG="$reader_kc" kubectl config set-context node --cluster=node --user=demo-reader --namespace=payments >/dev/null
     KUBECONFIG="$reader_kc" kubectl config use-context node >/dev/null
   )
-  export PATH="$PWD/$plugin_dir:$plugin_dir:$PATH"
+  export PATH="$plugin_dir:$PATH"
   unset DATASTORAGE_API_SERVER DATASTORAGE_TOKEN
 
   say "Semantic search: \"pod keeps getting OOM killed\" (kubectl audit, through the apiserver's service proxy)"
@@ -157,7 +158,7 @@ up() {
   say "Done ($warm run: $((SECONDS - t0))s in all; helm install -> pods Ready and DataStorage Ready: ${install_ready}s)"
   printf '  %s\n' "${TIMES[@]}"
   {
-    echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):$PWD/$plugin_dir:\$PATH"
+    echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):$plugin_dir:\$PATH"
     echo "  as the user:   KUBECONFIG=$reader_kc kubectl audit search \"certificate expired\" -A"
     echo "  pods:          kubectl -n $NS get pods; kubectl -n $NS logs deploy/$RELEASE"
     echo "  stop everything: make demo-down"

@@ -178,7 +178,7 @@ log "buildah bud (--network none, runc) -f Dockerfile --build-arg RUNTIME_IMAGE=
   "$work/context" >/dev/null
 rm -f "$IMAGE_ARCHIVE"
 "${BAH[@]}" push -q "$IMAGE_REF" "oci-archive:$IMAGE_ARCHIVE:$IMAGE_REF" >/dev/null
-log "image $IMAGE_REF: $(du -m "$IMAGE_ARCHIVE" | cut -f1) MB (OCI archive, uncompressed layers: base $(du -m "$BASE_TAR" | cut -f1) MB, binary $(du -m "$art/usr/local/bin/datastorage" | cut -f1) MB, model $(du -sm "$art/opt/datastorage" | cut -f1) MB) built in $((SECONDS - t0))s"
+log "image $IMAGE_REF: $(du -m "$IMAGE_ARCHIVE" | cut -f1) MB (gzipped OCI archive; unpacked: base $(du -m "$BASE_TAR" | cut -f1) MB, binary $(du -m "$art/usr/local/bin/datastorage" | cut -f1) MB, model $(du -sm "$art/opt/datastorage" | cut -f1) MB) built in $((SECONDS - t0))s"
 mkdir -p "$CACHE_ROOT/images"
 echo "$IMAGE_ARCHIVE" >"$CACHE_ROOT/images/last"
 

@@ -250,7 +250,8 @@ async fn release_finalizers(
         .get(deployment)
         .await?
         .spec
-        .and_then(|s| s.selector.match_labels)
+        .selector
+        .match_labels
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
