@@ -403,7 +403,7 @@ async fn helm_on_a_real_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut load_rss: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sample = |m: &mut BTreeMap<String, u64>| {
+    let sample = |m: &mut BTreeMap<String, u64>| {
         for (p, k) in rss_by_pod() {
             let e = m.entry(p).or_insert(0);
             *e = (*e).max(k);
