@@ -9,11 +9,13 @@ export DATASTORAGE_CACHE ?= $(HOME)/.cache/datastorage
 export CARGO_TARGET_DIR ?= $(DATASTORAGE_CACHE)/target-rust-$(RUST_VERSION)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help setup build release crds chart-files lint test test-faults fuzz demo demo-down bench
+.PHONY: help setup setup-node build release image node node-down crds chart-files lint test test-faults fuzz demo demo-down bench
 
 help:
-	@echo "make demo       start PostgreSQL + a local Kubernetes control plane + the operator, apply samples, search"
-	@echo "make demo-down  stop everything the demo started"
+	@echo "make demo       a real single node, the image, helm install of the chart, PostgreSQL, samples, search"
+	@echo "make demo-down  stop everything the demo started and restore the host"
+	@echo "make image      the operator image from the Dockerfile, built with buildah from local bases (no registry)"
+	@echo "make node       a real single-node cluster (hack/node.sh up); make node-down removes it"
 	@echo "make test       lint + every test suite on real PostgreSQL, Redis and Kubernetes (test-faults included)"
 	@echo "make test-faults  fault injection and load (tests/it/faults.rs): each test on its own PostgreSQL + control plane"
 	@echo "make fuzz       fuzz validation + sanitization + hashing for FUZZ_SECONDS (default 600) per target"
@@ -23,6 +25,10 @@ help:
 
 setup:
 	@hack/setup.sh
+
+# Only what the real node and the image build need (also part of `make setup`).
+setup-node:
+	@hack/setup.sh node
 
 build: setup
 	cargo build --bins
@@ -61,6 +67,15 @@ fuzz:
 
 demo: setup
 	hack/demo.sh up
+
+image: setup
+	hack/image.sh
+
+node: setup
+	hack/node.sh up
+
+node-down:
+	hack/node.sh down
 
 demo-down:
 	hack/demo.sh down

@@ -27,6 +27,13 @@
 #   CP_READY_TIMEOUT   seconds to wait for /readyz (default 180)
 #   CP_STOP_GRACE      seconds between TERM and KILL (default 5)
 #   DATASTORAGE_CACHE  binary/Go cache root, see hack/kubebins/build.sh
+#   CP_BIND_ADDRESS    address kube-apiserver binds and advertises and the kubeconfig names (default 127.0.0.1;
+#                      hack/node.sh passes its bridge address so that pods can reach it); etcd stays on loopback
+#   CP_EXTRA_SANS      extra subjectAltNames of the serving cert, e.g. "IP:10.96.0.1,IP:10.244.0.1"
+#   CP_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, one per line (a later scalar flag wins over the defaults)
+#   CP_AUTHORIZATION_MODE    default RBAC (hack/node.sh: Node,RBAC)
+#
+# hack/node.sh sources this file for its process and certificate helpers (nothing runs when sourced).
 #
 # Files in CP_DIR: ca.{crt,key} apiserver.{crt,key} admin.{crt,key} sa.{key,pub}
 # kubeconfig env state etcd.pid kube-apiserver.pid kube-apiserver.args
@@ -38,6 +45,10 @@ CP_DIR="${CP_DIR:-${TMPDIR:-/tmp}/datastorage-cp}"
 CP_READY_TIMEOUT="${CP_READY_TIMEOUT:-180}"
 CP_STOP_GRACE="${CP_STOP_GRACE:-5}"
 MARKER=".datastorage-cp"
+CP_BIND_ADDRESS="${CP_BIND_ADDRESS:-127.0.0.1}"
+CP_EXTRA_SANS="${CP_EXTRA_SANS:-}"
+CP_APISERVER_EXTRA_ARGS="${CP_APISERVER_EXTRA_ARGS:-}"
+CP_AUTHORIZATION_MODE="${CP_AUTHORIZATION_MODE:-RBAC}"
 
 log() { printf '[cp] %s\n' "$*" >&2; }
 die() { printf '[cp] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -233,7 +244,7 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectKeyIdentifier=hash
 authorityKeyIdentifier=keyid
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1${CP_EXTRA_SANS:+,$CP_EXTRA_SANS},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 
     sign admin "/O=system:masters/CN=admin" "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
@@ -260,7 +271,7 @@ kind: Config
 clusters:
 - name: datastorage-cp
   cluster:
-    server: https://127.0.0.1:${APISERVER_PORT}
+    server: https://${CP_BIND_ADDRESS}:${APISERVER_PORT}
     certificate-authority-data: $(b64 "$CP_DIR/ca.crt")
 users:
 - name: admin
@@ -293,6 +304,7 @@ BINDIR=$(printf '%q' "$BINDIR")
 ETCD_CLIENT_PORT=$ETCD_CLIENT_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
 APISERVER_PORT=$APISERVER_PORT
+CP_BIND_ADDRESS=$CP_BIND_ADDRESS
 EOF
 }
 
@@ -322,8 +334,8 @@ start_etcd() {
 
 apiserver_args() {
   cat <<EOF
---bind-address=127.0.0.1
---advertise-address=127.0.0.1
+--bind-address=$CP_BIND_ADDRESS
+--advertise-address=$CP_BIND_ADDRESS
 --endpoint-reconciler-type=none
 --secure-port=$APISERVER_PORT
 --etcd-servers=http://127.0.0.1:$ETCD_CLIENT_PORT
@@ -331,7 +343,7 @@ apiserver_args() {
 --tls-cert-file=$CP_DIR/apiserver.crt
 --tls-private-key-file=$CP_DIR/apiserver.key
 --client-ca-file=$CP_DIR/ca.crt
---authorization-mode=RBAC
+--authorization-mode=$CP_AUTHORIZATION_MODE
 --service-account-issuer=https://kubernetes.default.svc.cluster.local
 --service-account-key-file=$CP_DIR/sa.pub
 --service-account-signing-key-file=$CP_DIR/sa.key
@@ -340,6 +352,7 @@ apiserver_args() {
 --profiling=false
 --v=1
 EOF
+  if [[ -n "$CP_APISERVER_EXTRA_ARGS" ]]; then printf '%s\n' "$CP_APISERVER_EXTRA_ARGS"; fi
 }
 
 start_apiserver() {
@@ -404,7 +417,10 @@ cmd_up() {
     return 0
   fi
 
-  BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
+  # Only these three are needed here: do not wait for a build of the others (helm, promtool) in progress.
+  BINDIR="$("$HACK_DIR/kubebins/build.sh" --print-bindir)"
+  [[ -x "$BINDIR/kube-apiserver" && -x "$BINDIR/etcd" && -x "$BINDIR/kubectl" ]] ||
+    BINDIR="$("$HACK_DIR/kubebins/build.sh" | tail -n1)"
   [[ -x "$BINDIR/kube-apiserver" && -x "$BINDIR/etcd" && -x "$BINDIR/kubectl" ]] ||
     die "build.sh did not produce binaries in '$BINDIR'"
 
@@ -441,7 +457,7 @@ cmd_up() {
     write_state
     apiserver_args >"$CP_DIR/kube-apiserver.args"
     write_kubeconfig
-    log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+    log "starting kube-apiserver on https://$CP_BIND_ADDRESS:$APISERVER_PORT"
     start_apiserver
     rc=0
     wait_listening kube-apiserver "$APISERVER_PORT" || rc=$?
@@ -502,7 +518,7 @@ cmd_restart_apiserver() {
   require_up
   running etcd || die "etcd is not running in $CP_DIR"
   stop_proc kube-apiserver
-  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  log "starting kube-apiserver on https://$CP_BIND_ADDRESS:$APISERVER_PORT"
   start_apiserver
   wait_ready || die "kube-apiserver did not become ready after restart"
   log "kube-apiserver restarted"
@@ -528,7 +544,7 @@ cmd_status() {
   if running kube-apiserver; then
     local r=ready
     readyz || r="not ready"
-    echo "kube-apiserver: running (pid $pid, https://127.0.0.1:$APISERVER_PORT, $r)"
+    echo "kube-apiserver: running (pid $pid, https://$CP_BIND_ADDRESS:$APISERVER_PORT, $r)"
   else
     echo "kube-apiserver: not running"
     ok=3
@@ -536,6 +552,9 @@ cmd_status() {
   echo "kubeconfig: $KUBECONFIG_PATH"
   return "$ok"
 }
+
+# Sourced (by hack/node.sh): define the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   up) cmd_up ;;

@@ -1,87 +1,116 @@
 #!/usr/bin/env bash
-# `make demo` / `make demo-down`: the whole product on one machine, on embedded defaults:
-# PostgreSQL 18 + pgvector, a local Kubernetes control plane, the operator, the sample audits, `kubectl get`.
+# `make demo` / `make demo-down`: the product the way users meet it, on one machine. A real single-node cluster
+# (hack/node.sh: kubelet, containerd, CNI bridge), the operator image built here (hack/image.sh), `helm install` of
+# charts/datastorage-operator (3 replicas, leader election, PDB, the chart's RBAC), PostgreSQL 18 + pgvector reachable
+# from the pods, the sample audits, `kubectl get`, and search + hash-chain verify with `kubectl audit` through the API
+# server's service proxy (X-Datastorage-Authorization) as a ServiceAccount user.
+#
+# Environment: DATASTORAGE_DEMO_DIR (default ${TMPDIR:-/tmp}/datastorage-demo-<hash of this checkout's path>),
+#   DEMO_IMAGE_PROFILE release (default) | debug (reuse the debug binary; what `make test`'s smoke test uses)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-DEMO_DIR="${DATASTORAGE_DEMO_DIR:-${TMPDIR:-/tmp}/datastorage-demo}"
-export PG_DIR="$DEMO_DIR/pg" CP_DIR="$DEMO_DIR/cp"
-BIN="${CARGO_TARGET_DIR:-target}/debug/datastorage"
+checkout_hash="$(printf '%s' "$PWD" | sha256sum | cut -c1-8)"
+DEMO_DIR="${DATASTORAGE_DEMO_DIR:-${TMPDIR:-/tmp}/datastorage-demo-$checkout_hash}"
+case "$DEMO_DIR" in /*) ;; *) DEMO_DIR="$PWD/$DEMO_DIR" ;; esac
+export NODE_DIR="$DEMO_DIR/node" PG_DIR="$DEMO_DIR/pg"
+PROFILE="${DEMO_IMAGE_PROFILE:-release}"
+NS=datastorage-system
+RELEASE=datastorage-operator
+GATEWAY=10.244.0.1
+POD_CIDR=10.244.0.0/24
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+phase_t=$SECONDS
+declare -a TIMES=()
+phase_done() { TIMES+=("$(printf '%-34s %4ss' "$1" "$((SECONDS - phase_t))")"); phase_t=$SECONDS; }
 
 down() {
-  if [[ -f "$DEMO_DIR/operator.pid" ]]; then
-    pid="$(cat "$DEMO_DIR/operator.pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  fi
-  hack/cp.sh down >/dev/null 2>&1 || true
   hack/pg.sh down >/dev/null 2>&1 || true
+  hack/node.sh down >/dev/null || echo "hack/node.sh down failed"
   rm -rf "$DEMO_DIR"
-  echo "demo stopped; nothing left running"
+  if NODE_DIR="$NODE_DIR" hack/node.sh check-clean; then
+    echo "demo stopped; nothing left running, host restored"
+  else
+    echo "demo stopped, but the above was left behind"
+    return 1
+  fi
 }
 
 up() {
-  if [[ -f "$DEMO_DIR/operator.pid" ]] && kill -0 "$(cat "$DEMO_DIR/operator.pid")" 2>/dev/null; then
-    echo "the demo is already running (make demo-down stops it)"; exit 0
+  local t0=$SECONDS
+  if [[ -f "$DEMO_DIR/done" ]] && hack/node.sh status >/dev/null 2>&1; then
+    echo "the demo is already running (make demo-down stops it)"
+    cat "$DEMO_DIR/done"
+    exit 0
   fi
   mkdir -p "$DEMO_DIR"
-  say "Building the operator"
-  cargo build --quiet --bins
+  # Cold or warm: were the node binaries and the image base already built?
+  local warm=warm
+  [[ -x "$(hack/kubebins/build.sh node --print-bindir)/kubelet" ]] || warm=cold
+  ls "${DATASTORAGE_CACHE:-$HOME/.cache/datastorage}"/image-base/*/rootfs.tar >/dev/null 2>&1 || warm=cold
 
-  say "Starting PostgreSQL 18 + pgvector"
-  db_url="$(hack/pg.sh up | tail -n1)"
-  echo "$db_url"
+  say "A real single-node cluster (hack/node.sh: containerd + runc, CNI bridge $GATEWAY/24, kubelet, kube-proxy)"
+  kubeconfig="$(hack/node.sh up | tail -n1)"
+  eval "$(hack/node.sh env)"
+  kubectl get nodes -o wide
+  phase_done "node up"
 
-  say "Starting a local Kubernetes control plane (etcd + kube-apiserver)"
-  kubeconfig="$(hack/cp.sh up | tail -n1)"
-  export KUBECONFIG="$kubeconfig"
-  export PATH="$(hack/kubebins/build.sh --print-bindir):$PATH"
-  kubectl version 2>/dev/null | sed 's/^/  /'
+  say "The operator image (hack/image.sh: buildah --network none, a Debian-package base, no registry)"
+  image="$(IMAGE_PROFILE="$PROFILE" hack/image.sh | tail -n1)"
+  echo "$image"
+  nice -n 10 cargo build --quiet --locked $([[ "$PROFILE" == release ]] && echo --release) --bin kubectl-audit
+  local plugin_dir
+  plugin_dir="$(realpath "${CARGO_TARGET_DIR:-target}/$PROFILE")"
+  phase_done "image build + import"
 
-  say "Installing the CRDs and a DataStorage"
-  kubectl apply --server-side -f crds/ >/dev/null
-  kubectl wait --for condition=Established --timeout=60s -f crds/ >/dev/null
-  kubectl create namespace datastorage-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl -n datastorage-system create secret generic datastorage-db --from-literal=url="$db_url" \
-    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl apply -f config/samples/datastorage.yaml
+  say "PostgreSQL 18 + pgvector, reachable from the pods on $GATEWAY (password auth for $POD_CIDR)"
+  local pw
+  pw="$(openssl rand -hex 16)"
+  db_url="$(PG_LISTEN_EXTRA=$GATEWAY PG_PASSWORD_CIDR=$POD_CIDR PG_PASSWORD=$pw hack/pg.sh up | tail -n1)"
+  local port="${db_url##*:}"
+  port="${port%%/*}"
+  pod_db_url="postgres://postgres:$pw@$GATEWAY:$port/postgres"
+  echo "pods use postgres://postgres:***@$GATEWAY:$port/postgres"
+  phase_done "postgres"
 
-  say "Starting the operator (log: $DEMO_DIR/operator.log)"
-  model_dir="$(hack/python-deps.sh model-dir)"
-  setsid "$BIN" run --metrics-addr "127.0.0.1:${DEMO_METRICS_PORT:-18081}" \
-    --api-addr "127.0.0.1:${DEMO_API_PORT:-18080}" --model-dir "$model_dir" \
-    >"$DEMO_DIR/operator.log" 2>&1 < /dev/null &
-  echo $! > "$DEMO_DIR/operator.pid"
-  for _ in $(seq 1 120); do
-    phase="$(kubectl get dstore default -o jsonpath='{.status.phase}' 2>/dev/null || true)"
-    [[ "$phase" == "Ready" ]] && break
+  say "helm install $RELEASE charts/datastorage-operator (3 replicas, leader election, PDB, RBAC)"
+  local t_install=$SECONDS
+  helm install "$RELEASE" charts/datastorage-operator -n "$NS" --create-namespace \
+    --set image.repository="${image%:*}" --set-string image.tag="${image##*:}" --set image.pullPolicy=Never \
+    --set database.url="$pod_db_url" --set dataStorage.create=true --set dataStorage.tlsMode=disable >/dev/null
+  # Not `helm install --wait`: the pods are Ready only once the DataStorage exists, and the chart creates it in a
+  # post-install hook, which Helm runs after the wait.
+  kubectl -n "$NS" rollout status deployment/"$RELEASE" --timeout=180s >/dev/null
+  for _ in $(seq 1 240); do
+    [[ "$(kubectl get dstore default -o jsonpath='{.status.phase}' 2>/dev/null)" == Ready ]] && break
     sleep 0.5
   done
+  local install_ready=$((SECONDS - t_install))
+  kubectl -n "$NS" get pods -o wide
   kubectl get dstore
+  echo "leader: $(kubectl -n "$NS" get lease "$RELEASE-leader" -o jsonpath='{.spec.holderIdentity}')"
+  kubectl -n "$NS" get pdb
+  phase_done "helm install -> Ready"
 
   say "Applying the sample audits (valid ones and deliberately invalid ones)"
   for ns in payments checkout platform; do
     kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   done
   kubectl apply -f config/samples/audits.yaml -f config/samples/invalid-audits.yaml
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 240); do
     states="$(kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.state}{"\n"}{end}')"
     pending="$(grep -cvE '^(Persisted|Rejected)$' <<<"$states" || true)"
     [[ "$pending" == "0" ]] && break
     sleep 0.5
   done
-
   # Vectors that missed the write's time budget are added by the backfill within seconds.
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 120); do
     states="$(kubectl get raudit -A -o jsonpath='{range .items[*]}{.status.embedding}{"\n"}{end}')"
     grep -q '^Pending$' <<<"$states" || break
     sleep 1
   done
+  phase_done "samples persisted"
 
   say "kubectl get remediationaudits -A"
   kubectl get remediationaudits -A
@@ -93,26 +122,47 @@ up() {
   hack/pg.sh psql -d postgres -Atc \
     "SELECT name || ': ' || error_message FROM datastorage.audits WHERE name = 'image-pull-backoff-fix'"
 
-  say "Semantic search: \"pod keeps getting OOM killed\" (as a ServiceAccount allowed to list audits)"
-  kubectl -n datastorage-system create serviceaccount demo-reader --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  say "A user: ServiceAccount demo-reader, may list audits and use the operator's service proxy"
+  kubectl -n "$NS" create serviceaccount demo-reader --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl create clusterrole audit-reader --verb=list,get --resource=remediationaudits.datastorage.kubernaut.ai \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl create clusterrolebinding demo-reader --clusterrole=audit-reader \
-    --serviceaccount=datastorage-system:demo-reader --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  token="$(kubectl -n datastorage-system create token demo-reader)"
-  # The demo cluster has no pod network, so the CLI talks to the API directly instead of the service proxy.
-  export DATASTORAGE_API_SERVER="http://127.0.0.1:${DEMO_API_PORT:-18080}" DATASTORAGE_TOKEN="$token"
-  "$BIN" query search "pod keeps getting OOM killed" -A --limit 3
+    --serviceaccount="$NS:demo-reader" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl -n "$NS" create role datastorage-api-proxy --verb=get,create --resource=services/proxy \
+    --resource-name="$RELEASE" --resource-name="$RELEASE:8080" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl -n "$NS" create rolebinding demo-reader-proxy --role=datastorage-api-proxy \
+    --serviceaccount="$NS:demo-reader" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  local reader_kc="$DEMO_DIR/demo-reader.kubeconfig"
+  server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  kubectl config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$DEMO_DIR/ca.crt"
+  (
+    umask 077
+    KUBECONFIG="$reader_kc" kubectl config set-cluster node --server="$server" --certificate-authority="$DEMO_DIR/ca.crt" --embed-certs >/dev/null
+    KUBECONFIG="$reader_kc" kubectl config set-credentials demo-reader --token="$(kubectl -n "$NS" create token demo-reader --duration=2h)" >/dev/null
+    KUBECONFIG="$reader_kc" kubectl config set-context node --cluster=node --user=demo-reader --namespace=payments >/dev/null
+    KUBECONFIG="$reader_kc" kubectl config use-context node >/dev/null
+  )
+  export PATH="$plugin_dir:$PATH"
+  unset DATASTORAGE_API_SERVER DATASTORAGE_TOKEN
 
-  say "Hash chain of audit 1"
-  "$BIN" query verify 1 || true
+  say "Semantic search: \"pod keeps getting OOM killed\" (kubectl audit, through the apiserver's service proxy)"
+  KUBECONFIG="$reader_kc" kubectl audit search "pod keeps getting OOM killed" -A --limit 3
 
-  say "Done"
-  echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):\$PATH"
-  echo "  metrics: curl -s 127.0.0.1:${DEMO_METRICS_PORT:-18081}/metrics | grep ^datastorage_"
-  echo "  search:  DATASTORAGE_API_SERVER=$DATASTORAGE_API_SERVER DATASTORAGE_TOKEN=\$(kubectl -n datastorage-system create token demo-reader) \\"
-  echo "           $BIN query search \"certificate expired\" -A"
-  echo "  stop everything: make demo-down"
+  say "kubectl audit list -n payments"
+  KUBECONFIG="$reader_kc" kubectl audit list -n payments
+
+  say "Hash chain of audit 1 (kubectl audit verify 1)"
+  KUBECONFIG="$reader_kc" kubectl audit verify 1 || true
+  phase_done "queries through the service proxy"
+
+  say "Done ($warm run: $((SECONDS - t0))s in all; helm install -> pods Ready and DataStorage Ready: ${install_ready}s)"
+  printf '  %s\n' "${TIMES[@]}"
+  {
+    echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):$plugin_dir:\$PATH"
+    echo "  as the user:   KUBECONFIG=$reader_kc kubectl audit search \"certificate expired\" -A"
+    echo "  pods:          kubectl -n $NS get pods; kubectl -n $NS logs deploy/$RELEASE"
+    echo "  stop everything: make demo-down"
+  } | tee "$DEMO_DIR/done"
 }
 
 case "${1:-up}" in

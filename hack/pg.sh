@@ -22,6 +22,11 @@
 # The "vector" extension is created in template1 and postgres, so every database
 # created later already has it.
 #
+# For pods of a local node (hack/node.sh, make demo), at `up` time:
+#   PG_LISTEN_EXTRA   also listen on these addresses (comma-separated, e.g. the node's bridge 10.244.0.1)
+#   PG_PASSWORD_CIDR  clients from this CIDR (e.g. the pod subnet 10.244.0.0/24) need a password (scram-sha-256)
+#   PG_PASSWORD       the password set for "postgres" (required with PG_PASSWORD_CIDR); loopback stays trust
+#
 # PostgreSQL refuses to run as root: as root, the server runs as the system user
 # "datastorage-pg" (created if missing) and PG_DIR is owned by it.
 set -euo pipefail
@@ -145,7 +150,8 @@ write_config() {
   as_owner sed -i '/^# --- datastorage hack\/pg.sh ---$/,$d' "$DATA_DIR/postgresql.conf"
   as_owner tee -a "$DATA_DIR/postgresql.conf" >/dev/null <<EOF
 # --- datastorage hack/pg.sh ---
-listen_addresses = '127.0.0.1'
+listen_addresses = '127.0.0.1${PG_LISTEN_EXTRA:+,$PG_LISTEN_EXTRA}'
+password_encryption = 'scram-sha-256'
 port = $p
 unix_socket_directories = '$sockdir'
 max_connections = 200
@@ -163,6 +169,9 @@ host    all       all   127.0.0.1/32  trust
 local   replication all               trust
 host    replication all 127.0.0.1/32  trust
 EOF
+  if [[ -n "${PG_PASSWORD_CIDR:-}" ]]; then
+    printf 'host    all       all   %s  scram-sha-256\n' "$PG_PASSWORD_CIDR" | as_owner tee -a "$DATA_DIR/pg_hba.conf" >/dev/null
+  fi
   echo "$p" > "$PORT_FILE"
 }
 
@@ -237,6 +246,11 @@ cmd_up() {
     die "could not start PostgreSQL (log: $LOG_FILE)"
   done
 
+  if [[ -n "${PG_PASSWORD_CIDR:-}" ]]; then
+    [[ -n "${PG_PASSWORD:-}" ]] || die "PG_PASSWORD_CIDR needs PG_PASSWORD"
+    # psql interpolates :'pw' as a quoted literal (stdin, not -c).
+    echo "ALTER ROLE postgres PASSWORD :'pw';" | bundled_psql -d postgres -v pw="$PG_PASSWORD" >&2
+  fi
   bundled_psql -d template1 -c 'CREATE EXTENSION IF NOT EXISTS vector' >&2
   bundled_psql -d postgres  -c 'CREATE EXTENSION IF NOT EXISTS vector' >&2
   write_url_files

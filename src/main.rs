@@ -48,6 +48,21 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Before `helm uninstall` (the chart's pre-delete hook): scale the operator's Deployment to zero, wait until its
+    /// pods are gone, then remove the operator's finalizer from every RemediationAudit, so that no audit (and no
+    /// namespace holding one) is left waiting for an operator that is no longer there. The audits and their stored
+    /// rows stay; deletions made afterwards are not recorded as `deleted_at`.
+    ReleaseFinalizers {
+        /// The operator's Deployment.
+        #[arg(long)]
+        deployment: String,
+        /// Namespace of the Deployment (in a pod: its own namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// Seconds to wait for the operator's pods to be gone.
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
     /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
     Query {
         #[command(flatten)]
@@ -190,6 +205,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::ReleaseFinalizers {
+            deployment,
+            namespace,
+            timeout_seconds,
+        } => {
+            let client = kube::Client::try_default().await?;
+            let released = release_finalizers(
+                client,
+                &namespace,
+                &deployment,
+                std::time::Duration::from_secs(timeout_seconds),
+            )
+            .await?;
+            println!("finalizer {FINALIZER} removed from {released} RemediationAudit(s)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Query { conn, command } => {
             Ok(datastorage::api::client::run(&conn, &command).await)
         }
@@ -198,6 +229,98 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+use datastorage::controller::audit::FINALIZER;
+
+/// See `Command::ReleaseFinalizers`. Returns how many audits lost the finalizer.
+async fn release_finalizers(
+    client: kube::Client,
+    namespace: &str,
+    deployment: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<usize> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+
+    // 1. No operator replica may re-add the finalizer while we remove it.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let selector = deployments
+        .get(deployment)
+        .await?
+        .spec
+        .selector
+        .match_labels
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    anyhow::ensure!(
+        !selector.is_empty(),
+        "deployment {namespace}/{deployment} has no matchLabels selector"
+    );
+    deployments
+        .patch_scale(
+            deployment,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let start = std::time::Instant::now();
+    loop {
+        let left = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "{left} operator pod(s) still present after {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+
+    // 2. Every audit carrying our finalizer, conditional on its resourceVersion (a conflict re-reads it).
+    let audits: Api<crd::RemediationAudit> = Api::all(client.clone());
+    let mut released = 0;
+    for ra in audits.list(&ListParams::default()).await?.items {
+        let (Some(ns), Some(name)) = (ra.metadata.namespace.clone(), ra.metadata.name.clone())
+        else {
+            continue;
+        };
+        let api: Api<crd::RemediationAudit> = Api::namespaced(client.clone(), &ns);
+        let mut current = ra;
+        for attempt in 0..5 {
+            let finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+            if !finalizers.iter().any(|f| f == FINALIZER) {
+                break;
+            }
+            let keep: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": keep, "resourceVersion": current.metadata.resource_version}});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    released += 1;
+                    break;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => break,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 4 => {
+                    current = api.get(&name).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(released)
 }
 
 fn init_tracing(format: &str) {

@@ -4,6 +4,12 @@
 #   etcd                     (go.etcd.io/etcd/server/v3, wrapper module ./etcd)
 #   helm                     (helm.sh/helm/v3, wrapper module ./helm)
 #   promtool                 (github.com/prometheus/prometheus, wrapper module ./promtool)
+# and, with `node`, the binaries of a real single node (hack/node.sh), in their own bin dir:
+#   kubelet, kube-controller-manager, kube-scheduler, kube-proxy  (k8s.io/kubernetes, wrapper module ./node,
+#                                                                 same version as ./k8s)
+#   containerd, containerd-shim-runc-v2, ctr                      (go install ...@$CONTAINERD_VERSION)
+#   crictl                                                        (go install ...@$CRICTL_VERSION)
+#   pause                                                         (gcc -static of the k8s module's pause.c)
 #
 # Versions are pinned by the go.mod/go.sum of each wrapper module (the single
 # source of truth). Binaries never go into the repo: they are written to
@@ -14,6 +20,7 @@
 # Usage:
 #   hack/kubebins/build.sh               build missing binaries; last stdout line = bin dir
 #   hack/kubebins/build.sh --print-bindir print the bin dir, build nothing
+#   hack/kubebins/build.sh node [--print-bindir]   the same for the node binaries (own key and bin dir)
 #
 # Each binary is built only if missing (a partial earlier run resumes); a run
 # with everything present is a no-op. Progress goes to stderr.
@@ -75,11 +82,35 @@ KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_prom-${PROM_VE
 BINDIR="$CACHE_ROOT/kubebins/$KEY/bin"
 BINARIES=(kube-apiserver kubectl etcd helm promtool)
 
+# The node binaries: a key of their own, so adding them changed nothing for the binaries above.
+NODE_RECIPE=1
+CONTAINERD_VERSION=v2.4.2
+CRICTL_VERSION=v1.37.0
+node_src_hash() {
+  (
+    cd "$HERE"
+    echo "recipe=$NODE_RECIPE containerd=$CONTAINERD_VERSION crictl=$CRICTL_VERSION"
+    cat node/go.mod node/go.sum
+  ) | sha256sum | cut -c1-10
+}
+NODE_K8S_MODV="$(modver node k8s.io/kubernetes)"
+[[ "$NODE_K8S_MODV" == "$K8S_MODV" ]] || die "node/go.mod pins k8s.io/kubernetes $NODE_K8S_MODV but k8s/go.mod $K8S_MODV"
+NODE_KEY="node-k8s-${K8S_VERSION}_containerd-${CONTAINERD_VERSION#v}_${GOVER}_$(node_src_hash)"
+NODE_BINDIR="$CACHE_ROOT/kubebins/$NODE_KEY/bin"
+NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr crictl pause)
+
+MODE=default
+if [[ "${1:-}" == "node" ]]; then
+  MODE=node
+  shift
+  BINDIR="$NODE_BINDIR"
+  BINARIES=("${NODE_BINARIES[@]}")
+fi
 if [[ "${1:-}" == "--print-bindir" ]]; then
   printf '%s\n' "$BINDIR"
   exit 0
 elif [[ $# -gt 0 ]]; then
-  die "usage: $0 [--print-bindir]"
+  die "usage: $0 [node] [--print-bindir]"
 fi
 
 all_present() {
@@ -159,6 +190,48 @@ prom_ldflags+=" -X github.com/prometheus/common/version.BuildUser=datastorage@ku
 etcd_ldflags=""
 
 log "bin dir: $BINDIR"
+if [[ "$MODE" == node ]]; then
+  # containerd's and cri-tools' own modules (their go.mod and go.sum pin their dependencies); cgo as upstream
+  # builds containerd.
+  go_install() { # name package@version ldflags
+    [[ -x "$BINDIR/$1" ]] && { log "$1: present"; return 0; }
+    log "$1: go install $2 ..."
+    local start tmpbin
+    start="$(date +%s)"
+    tmpbin="$BINDIR/.gobin.$$"
+    mkdir -p "$tmpbin"
+    (cd / && CGO_ENABLED=1 GOBIN="$tmpbin" go install -trimpath -ldflags "-s -w $3" "$2") >&2 ||
+      { rm -rf "$tmpbin"; die "$1: go install failed"; }
+    mv -f "$tmpbin/$1" "$BINDIR/$1"
+    rm -rf "$tmpbin"
+    log "$1: built in $(( $(date +%s) - start ))s"
+  }
+  for b in containerd containerd-shim-runc-v2 ctr; do
+    go_install "$b" "github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION" \
+      "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  done
+  go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+  # The sandbox ("pause") binary, from the same k8s.io/kubernetes module as the kubelet.
+  if [[ ! -x "$BINDIR/pause" ]]; then
+    pause_c="$(cd "$HERE/node" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+    [[ -f "$pause_c" ]] || (cd "$HERE/node" && go mod download k8s.io/kubernetes) >&2
+    [[ -f "$pause_c" ]] || die "pause: no $pause_c"
+    command -v gcc >/dev/null || die "pause: gcc is missing (make setup-node installs it)"
+    log "pause: gcc -Os -static $pause_c"
+    gcc -Os -Wall -Werror -static -DVERSION="v$K8S_VERSION" -o "$BINDIR/.pause.tmp" "$pause_c" >&2 || die "pause: gcc failed"
+    strip "$BINDIR/.pause.tmp" 2>/dev/null || true
+    mv -f "$BINDIR/.pause.tmp" "$BINDIR/pause"
+  fi
+  # The kubelet takes ~11 min cold on 2 cores (kube-controller-manager ~5, the others <1).
+  build_one kube-scheduler          node k8s.io/kubernetes/cmd/kube-scheduler          "$k8s_ldflags"
+  build_one kube-proxy              node k8s.io/kubernetes/cmd/kube-proxy              "$k8s_ldflags"
+  build_one kube-controller-manager node k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+  build_one kubelet                 node k8s.io/kubernetes/cmd/kubelet                 "$k8s_ldflags"
+  all_present || die "some binaries are missing in $BINDIR"
+  printf '%s\n' "$BINDIR"
+  exit 0
+fi
 build_one etcd           etcd     go.etcd.io/etcd/server/v3              "$etcd_ldflags"
 build_one kube-apiserver k8s      k8s.io/kubernetes/cmd/kube-apiserver   "$k8s_ldflags"
 build_one kubectl        k8s      k8s.io/kubernetes/cmd/kubectl          "$k8s_ldflags"

@@ -340,7 +340,9 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
     assert_eq!(status["info"]["status"], "deployed");
 
     // Uninstall: the release's objects go, the CRDs stay (helm.sh/resource-policy: keep).
-    helm(&["uninstall", "ds", "-n", &ns, "--wait"]);
+    // --no-hooks: the pre-delete hook is a Job, and without a kubelet it never runs (tests/it/cluster.rs runs it on a
+    // real node).
+    helm(&["uninstall", "ds", "-n", &ns, "--wait", "--no-hooks"]);
     let gone = kubectl_raw(
         &["-n", &ns, "get", "deployment/ds-datastorage-operator"],
         None,

@@ -15,6 +15,7 @@ mod api;
 mod bad_inputs;
 mod chart_identity;
 mod cli;
+mod cluster;
 mod controller;
 mod crds;
 mod dashboard;

@@ -1,0 +1,684 @@
+//! The delivery path on a real single node (`hack/node.sh`: kubelet, containerd, CNI bridge): `helm install` of the
+//! chart with the image built here (`hack/image.sh`), 3 replicas electing a leader, audits streamed while the leader
+//! pod is force-deleted and while `helm upgrade` rolls the pods to a second image tag (exactly once each time), the
+//! `kubectl audit` plugin through the apiserver's service proxy with a user's token, and `helm uninstall` (CRDs and
+//! audits stay; the pre-delete hook removes the finalizers, so a namespace holding audits can still be deleted).
+//!
+//! `#[ignore]`d: hack/test.sh's cluster step brings the node, the image and PostgreSQL up and runs
+//! `cargo test --test it cluster:: -- --ignored --nocapture`. It exports
+//! DATASTORAGE_NODE_KUBECONFIG, DATASTORAGE_NODE_IMAGE, DATASTORAGE_NODE_IMAGE_UPGRADE (a second tag),
+//! DATASTORAGE_NODE_DATABASE_URL (from the host) and DATASTORAGE_NODE_POD_DATABASE_URL (from the pods).
+//! Counts: DATASTORAGE_FAULTS_CLUSTER_WARMUP (100), DATASTORAGE_FAULTS_CLUSTER_KILL (2000),
+//! DATASTORAGE_FAULTS_CLUSTER_UPGRADE (1000), DATASTORAGE_FAULTS_CONCURRENCY (16).
+//! Each phase prints a `SUMMARY |` line for docs/reliability.md.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::chart::{documents, of_kind, template};
+use crate::support::faults::{
+    count_from_env, persisted_crs, spawn_stream, store, verify_exactly_once, wait_all_persisted,
+};
+
+const NS: &str = "datastorage-system";
+const RELEASE: &str = "datastorage-operator";
+const LEASE: &str = "datastorage-operator-leader";
+/// The operator's default `--lease-seconds` (the chart does not change it).
+const LEASE_SECONDS: u64 = 15;
+const AUDITS_NS: &str = "cluster-audits";
+const OTHER_NS: &str = "cluster-other";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the cluster suite runs on a real node that hack/test.sh brings up \
+             (hack/node.sh up, hack/image.sh, hack/pg.sh with PG_LISTEN_EXTRA); run `make test`"
+        )
+    })
+}
+
+fn kubebin(name: &str) -> String {
+    format!("{}/{name}", env("DATASTORAGE_KUBEBIN"))
+}
+
+fn run_raw(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", env("DATASTORAGE_NODE_KUBECONFIG"))
+        .output()
+        .unwrap()
+}
+
+fn run(bin: &str, args: &[&str]) -> String {
+    let out = run_raw(bin, args);
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kubectl(args: &[&str]) -> String {
+    run(&kubebin("kubectl"), args)
+}
+
+fn helm(args: &[&str]) -> String {
+    run(&kubebin("helm"), args)
+}
+
+async fn client() -> Client {
+    let kc = Kubeconfig::read_from(env("DATASTORAGE_NODE_KUBECONFIG")).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn image_parts(image: &str) -> (String, String) {
+    let (repo, tag) = image.rsplit_once(':').unwrap();
+    (repo.to_string(), tag.to_string())
+}
+
+/// The operator's pods (not the uninstall hook's).
+async fn operator_pods(client: &Client) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.list(&ListParams::default().labels(&format!(
+        "app.kubernetes.io/name=datastorage-operator,app.kubernetes.io/instance={RELEASE}"
+    )))
+    .await
+    .unwrap()
+    .items
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_image(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+async fn ready_pods(client: &Client) -> Vec<Pod> {
+    operator_pods(client)
+        .await
+        .into_iter()
+        .filter(is_ready)
+        .collect()
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    leases.get_opt(LEASE).await.ok()??.spec?.holder_identity
+}
+
+/// `datastorage_leader` of one pod, read through the apiserver's pod proxy.
+fn leader_metric(pod: &str) -> Option<f64> {
+    let out = run_raw(
+        &kubebin("kubectl"),
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}:8081/proxy/metrics"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    crate::support::faults::metric_value(&text, "datastorage_leader", &[])
+}
+
+/// Waits until `n` operator pods are Ready (all with `image` when given) and one of them holds the Lease.
+async fn wait_ready(client: &Client, n: usize, image: Option<&str>, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let pods = ready_pods(client).await;
+        let all = operator_pods(client).await;
+        let holder = lease_holder(client).await;
+        let images_ok = image.is_none_or(|i| all.iter().all(|p| pod_image(p) == i));
+        if pods.len() == n && all.len() == n && images_ok {
+            if let Some(h) = holder.filter(|h| pods.iter().any(|p| p.name_any() == *h)) {
+                return h;
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "after {timeout:?}: {} of {n} pods Ready ({} present), lease holder {:?}",
+            pods.len(),
+            all.len(),
+            lease_holder(client).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Resident memory (KiB) of each operator process on this machine, by pod name (the processes run here: read
+/// /proc, POD_NAME from their environment).
+fn rss_by_pod() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        let Ok(cmdline) = std::fs::read(p.join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if argv.first() != Some(&&b"/usr/local/bin/datastorage"[..])
+            || argv.get(1) != Some(&&b"run"[..])
+        {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(p.join("environ")) else {
+            continue;
+        };
+        let Some(pod) = environ
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"POD_NAME="))
+            .map(|v| String::from_utf8_lossy(v).to_string())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        {
+            out.insert(pod, kib);
+        }
+    }
+    out
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// The NetworkPolicy's shape (the node's bridge CNI does not enforce NetworkPolicies, so only the object is
+/// checked): it selects exactly the operator's pods, admits ingress to the api and metrics ports only, and allows
+/// egress to the listed TCP ports and DNS over UDP.
+#[test]
+fn network_policy_shape() {
+    let docs = documents(&template(&[
+        "--set",
+        "networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=sre",
+    ]));
+    let np = of_kind(&docs, "NetworkPolicy");
+    assert_eq!(np.len(), 1);
+    let spec = &np[0]["spec"];
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = spec["ingress"].as_array().unwrap();
+    let ports: Vec<&Value> = ingress.iter().map(|r| &r["ports"][0]["port"]).collect();
+    assert_eq!(ports, [&json!("api"), &json!("metrics")]);
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "sre"
+    );
+    assert!(
+        ingress[1].get("from").is_none(),
+        "metrics open to any pod by default"
+    );
+    let egress = spec["egress"][0]["ports"].as_array().unwrap();
+    let tcp: Vec<i64> = egress
+        .iter()
+        .filter(|p| p["protocol"] == "TCP")
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tcp, [53, 443, 5432, 6379, 6443]);
+    assert!(
+        egress
+            .iter()
+            .any(|p| p["protocol"] == "UDP" && p["port"] == 53)
+    );
+    let off = documents(&template(&["--set", "networkPolicy.enabled=false"]));
+    assert!(of_kind(&off, "NetworkPolicy").is_empty());
+}
+
+/// The uninstall hook's shape: pre-delete hook objects only, its own ServiceAccount and roles, the operator's image.
+#[test]
+fn uninstall_hook_shape() {
+    let docs = documents(&template(&["--show-only", "templates/uninstall-hook.yaml"]));
+    assert_eq!(docs.len(), 6);
+    for d in &docs {
+        assert_eq!(
+            d["metadata"]["annotations"]["helm.sh/hook"], "pre-delete",
+            "{d}"
+        );
+    }
+    let job = of_kind(&docs, "Job")[0];
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["serviceAccountName"],
+        "ds-datastorage-operator-uninstall"
+    );
+    assert_eq!(pod["containers"][0]["args"][0], "release-finalizers");
+    assert_eq!(
+        pod["containers"][0]["args"][1],
+        "--deployment=ds-datastorage-operator"
+    );
+    let off = documents(&template(&["--set", "uninstallHook.enabled=false"]));
+    assert!(of_kind(&off, "Job").is_empty());
+}
+
+fn summary(start: Instant, line: String) {
+    println!("{line} {:.0}s |", start.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "cluster suite: needs the real node that hack/test.sh brings up (make test)"]
+async fn helm_on_a_real_node() {
+    let test_start = Instant::now();
+    let image = env("DATASTORAGE_NODE_IMAGE");
+    let image2 = env("DATASTORAGE_NODE_IMAGE_UPGRADE");
+    let (repo, tag) = image_parts(&image);
+    let (repo2, tag2) = image_parts(&image2);
+    assert_eq!(repo, repo2);
+    let db_url = env("DATASTORAGE_NODE_DATABASE_URL");
+    let pod_db_url = env("DATASTORAGE_NODE_POD_DATABASE_URL");
+    let warmup = count_from_env("CLUSTER_WARMUP", 100);
+    let kill_n = count_from_env("CLUSTER_KILL", 2000);
+    let upgrade_n = count_from_env("CLUSTER_UPGRADE", 1000);
+    let concurrency = count_from_env("CONCURRENCY", 16);
+    let client = client().await;
+    let chart = crate::support::chart::chart_dir();
+    let chart = chart.to_str().unwrap();
+
+    // 1. helm install -> 3 pods Ready, one Lease holder that is a pod, DataStorage Ready.
+    let t = Instant::now();
+    helm(&[
+        "install",
+        RELEASE,
+        chart,
+        "-n",
+        NS,
+        "--create-namespace",
+        "--set",
+        &format!("image.repository={repo}"),
+        "--set-string",
+        &format!("image.tag={tag}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &format!("database.url={pod_db_url}"),
+        "--set",
+        "dataStorage.create=true",
+        "--set",
+        "dataStorage.tlsMode=disable",
+        // No --wait: the pods are Ready only once the DataStorage exists, and the chart creates it in a
+        // post-install hook, which Helm runs after the wait.
+    ]);
+    let holder = wait_ready(&client, 3, Some(&image), Duration::from_secs(300)).await;
+    crate::support::kube::eventually(Duration::from_secs(120), "DataStorage Ready", || async {
+        let phase = run_raw(
+            &kubebin("kubectl"),
+            &["get", "dstore", "default", "-o", "jsonpath={.status.phase}"],
+        );
+        (String::from_utf8_lossy(&phase.stdout) == "Ready").then_some(())
+    })
+    .await;
+    let install_ready = t.elapsed();
+    let pods: Vec<String> = ready_pods(&client)
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let leaders: Vec<&String> = crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "exactly one pod reporting datastorage_leader 1",
+        || async {
+            let l: Vec<&String> = pods
+                .iter()
+                .filter(|p| leader_metric(p) == Some(1.0))
+                .collect();
+            (l.len() == 1).then_some(l)
+        },
+    )
+    .await;
+    assert_eq!(leaders[0], &holder, "the leader metric and the Lease agree");
+    let rest = rss_by_pod();
+    assert_eq!(
+        rest.len(),
+        3,
+        "three operator processes on the node: {rest:?}"
+    );
+    summary(
+        test_start,
+        format!(
+            "SUMMARY | helm install, 3 replicas | pods Ready + DataStorage Ready {:.1}s after `helm install`; Lease \
+             holder {holder} is one of the pods and the only one with datastorage_leader 1; RSS at rest {} \
+             (requests 256Mi, limit 1Gi) |",
+            install_ready.as_secs_f64(),
+            rest.values()
+                .map(|k| mib(*k))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+    );
+
+    ensure_namespace(&client, AUDITS_NS).await;
+    let store = store(&db_url);
+    let t = Instant::now();
+    let (_, task) = spawn_stream(&client, AUDITS_NS, 0, warmup, concurrency);
+    task.await.unwrap();
+    wait_all_persisted(&client, AUDITS_NS, warmup, Duration::from_secs(300)).await;
+    verify_exactly_once(&client, &store, AUDITS_NS, warmup).await;
+    println!(
+        "{warmup} audits persisted through the pods in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. The leader pod force-deleted while kill_n audits stream in.
+    let t = Instant::now();
+    let mut total = warmup + kill_n;
+    let (progress, task) = spawn_stream(&client, AUDITS_NS, warmup, total, concurrency);
+    while progress.created.load(std::sync::atomic::Ordering::SeqCst) < kill_n / 4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut load_rss: BTreeMap<String, u64> = BTreeMap::new();
+    let sample = |m: &mut BTreeMap<String, u64>| {
+        for (p, k) in rss_by_pod() {
+            let e = m.entry(p).or_insert(0);
+            *e = (*e).max(k);
+        }
+    };
+    sample(&mut load_rss);
+    let killed_at = Instant::now();
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        &holder,
+        "--grace-period=0",
+        "--force",
+    ]);
+    let new_leader = loop {
+        if let Some(h) = lease_holder(&client).await.filter(|h| *h != holder) {
+            break h;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(LEASE_SECONDS * 4),
+            "no new leader {:?} after the leader pod was deleted",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let failover = killed_at.elapsed();
+    assert!(
+        pods.contains(&new_leader),
+        "the new leader {new_leader} is one of the surviving pods {pods:?}"
+    );
+    while !task.is_finished() {
+        sample(&mut load_rss);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    task.await.unwrap();
+    wait_all_persisted(&client, AUDITS_NS, total, Duration::from_secs(600)).await;
+    let v = verify_exactly_once(&client, &store, AUDITS_NS, total).await;
+    wait_ready(&client, 3, Some(&image), Duration::from_secs(300)).await;
+    summary(
+        t,
+        format!(
+            "SUMMARY | leader pod force-deleted (--grace-period=0 --force) while {kill_n} audits streamed | exactly \
+             once: {} rows, {} history rows, {} chain links checked; new leader {new_leader} {:.1}s after the delete \
+             (Lease {LEASE_SECONDS}s); {} retried requests; RSS under load (max per pod) {} |",
+            v.rows,
+            v.history_rows,
+            v.chain_links_checked,
+            failover.as_secs_f64(),
+            progress.retried.load(std::sync::atomic::Ordering::SeqCst),
+            load_rss
+                .values()
+                .map(|k| mib(*k))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+    );
+    assert!(
+        failover < Duration::from_secs(LEASE_SECONDS * 2),
+        "new leader after {failover:?}, more than twice the Lease time"
+    );
+
+    // 3. helm upgrade to a second image tag (a rolling update under the PDB) while upgrade_n audits stream in.
+    let t = Instant::now();
+    let from = total;
+    total += upgrade_n;
+    let (progress, task) = spawn_stream(&client, AUDITS_NS, from, total, concurrency);
+    while progress.created.load(std::sync::atomic::Ordering::SeqCst) < upgrade_n / 10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t_roll = Instant::now();
+    helm(&[
+        "upgrade",
+        RELEASE,
+        chart,
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set-string",
+        &format!("image.tag={tag2}"),
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    let leader2 = wait_ready(&client, 3, Some(&image2), Duration::from_secs(300)).await;
+    let rollout = t_roll.elapsed();
+    task.await.unwrap();
+    wait_all_persisted(&client, AUDITS_NS, total, Duration::from_secs(600)).await;
+    let v = verify_exactly_once(&client, &store, AUDITS_NS, total).await;
+    let pdb = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pdb",
+        RELEASE,
+        "-o",
+        "jsonpath={.spec.minAvailable}",
+    ]);
+    summary(
+        t,
+        format!(
+            "SUMMARY | helm upgrade to a second image tag (rolling, PDB minAvailable {pdb}) while {upgrade_n} audits \
+             streamed | exactly once: {} rows, {} history rows, {} chain links checked; all 3 pods on the new tag \
+             {:.1}s after `helm upgrade`, leader {leader2}; {} retried requests |",
+            v.rows,
+            v.history_rows,
+            v.chain_links_checked,
+            rollout.as_secs_f64(),
+            progress.retried.load(std::sync::atomic::Ordering::SeqCst)
+        ),
+    );
+
+    // 4. kubectl audit list|search|verify through the service proxy, as a user who may read AUDITS_NS only.
+    ensure_namespace(&client, OTHER_NS).await;
+    // Indices after the stream's, so the remediationRequestIds stay unique.
+    let (_, task) = spawn_stream(&client, OTHER_NS, total, total + 3, 3);
+    task.await.unwrap();
+    wait_all_persisted(&client, OTHER_NS, 3, Duration::from_secs(120)).await;
+    kubectl(&["-n", NS, "create", "serviceaccount", "cluster-reader"]);
+    kubectl(&[
+        "-n",
+        AUDITS_NS,
+        "create",
+        "role",
+        "audit-reader",
+        "--verb=get,list",
+        "--resource=remediationaudits.datastorage.kubernaut.ai",
+    ]);
+    kubectl(&[
+        "-n",
+        AUDITS_NS,
+        "create",
+        "rolebinding",
+        "cluster-reader",
+        "--role=audit-reader",
+        &format!("--serviceaccount={NS}:cluster-reader"),
+    ]);
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "role",
+        "api-proxy",
+        "--verb=get,create",
+        "--resource=services/proxy",
+        &format!("--resource-name={RELEASE}"),
+        &format!("--resource-name={RELEASE}:8080"),
+    ]);
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "rolebinding",
+        "cluster-reader-proxy",
+        "--role=api-proxy",
+        &format!("--serviceaccount={NS}:cluster-reader"),
+    ]);
+    let token = kubectl(&["-n", NS, "create", "token", "cluster-reader"]);
+    let admin: Value = serde_json::from_str(&kubectl(&[
+        "config", "view", "--minify", "--raw", "-o", "json",
+    ]))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reader_kc = dir.path().join("reader.kubeconfig");
+    std::fs::write(
+        &reader_kc,
+        serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "node", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": "reader", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "node", "context": {"cluster": "node", "user": "reader", "namespace": AUDITS_NS}}],
+            "current-context": "node",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let audit = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-audit"));
+        cmd.args(args)
+            .arg("--kubeconfig")
+            .arg(&reader_kc)
+            .env_remove("DATASTORAGE_API_SERVER")
+            .env_remove("DATASTORAGE_TOKEN");
+        cmd.output().unwrap()
+    };
+    let ok_json = |args: &[&str]| -> Value {
+        let out = audit(args);
+        assert!(
+            out.status.success(),
+            "kubectl audit {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let own = ok_json(&["list", "-o", "json", "--limit", "5"]);
+    let items = own["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{own}");
+    let all = ok_json(&["list", "-A", "-o", "json", "--limit", "200"]);
+    let namespaces: std::collections::BTreeSet<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        namespaces,
+        [AUDITS_NS].into(),
+        "-A shows only what the user may list"
+    );
+    let other = audit(&["list", "-n", OTHER_NS, "-o", "json"]);
+    let other_items = serde_json::from_slice::<Value>(&other.stdout)
+        .ok()
+        .and_then(|v| v["items"].as_array().map(|a| a.len()))
+        .unwrap_or(0);
+    assert!(
+        !other.status.success() || other_items == 0,
+        "the user read {OTHER_NS}: {}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    let found = ok_json(&[
+        "search",
+        "container exceeded its memory limit and was restarted",
+        "-o",
+        "json",
+        "--limit",
+        "3",
+    ]);
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{found}");
+    assert!(results.iter().all(|r| r["namespace"] == AUDITS_NS));
+    let id = items[0]["id"].as_i64().unwrap().to_string();
+    let verified = ok_json(&["verify", &id, "-o", "json"]);
+    assert_eq!(verified["chainVerified"], true, "{verified}");
+    println!(
+        "kubectl audit list/search/verify through the service proxy as {NS}:cluster-reader: RBAC scoped"
+    );
+
+    // 5. helm uninstall: the pre-delete hook scales the operator down and removes the finalizers; CRDs and audits
+    //    stay; a namespace holding audits can be deleted.
+    let t = Instant::now();
+    helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"]);
+    assert!(operator_pods(&client).await.is_empty());
+    kubectl(&["get", "crd", "remediationaudits.datastorage.kubernaut.ai"]);
+    assert_eq!(
+        persisted_crs(&client, AUDITS_NS).await,
+        total,
+        "audits kept by helm uninstall"
+    );
+    let finalized = kubectl(&[
+        "get",
+        "raudit",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.finalizers}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        finalized.lines().all(|l| l.trim().is_empty()),
+        "audits still carry finalizers after helm uninstall"
+    );
+    let rows = crate::support::faults::stored_count(&store).await;
+    assert_eq!(rows, Some((total + 3) as i64), "stored audits kept");
+    kubectl(&["delete", "namespace", OTHER_NS, "--timeout=120s"]);
+    summary(
+        t,
+        format!(
+            "SUMMARY | helm uninstall | the pre-delete hook scaled the operator to 0 and released the finalizers; \
+             CRDs, {} audits and their rows kept; namespace {OTHER_NS} holding audits deleted |",
+            total + 3
+        ),
+    );
+    kubectl(&["delete", "namespace", AUDITS_NS, "--wait=false"]);
+    println!(
+        "cluster suite: {:.0}s in all",
+        test_start.elapsed().as_secs_f64()
+    );
+}
