@@ -196,7 +196,15 @@ impl Pass<'_> {
                         }
                         None => None,
                     };
-                    self.json(&child_path, data.as_ref().unwrap_or(child), depth + 1)?
+                    let clean = self.json(&child_path, data.as_ref().unwrap_or(child), depth + 1)?;
+                    // A generated-looking value can appear once markup around it is stripped: decide on the clean
+                    // text too, so that sanitizing twice changes nothing.
+                    match (named, &clean) {
+                        (Some(n @ Named::Class(_, KeyClass::Generic)), Value::String(_)) => {
+                            self.named_value(&child_path, n, &clean).unwrap_or(clean)
+                        }
+                        _ => clean,
+                    }
                 }
             };
             out.insert(unique, new_child);

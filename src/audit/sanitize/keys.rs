@@ -79,7 +79,7 @@ pub(crate) fn normalize_key(key: &str) -> String {
 fn ends_with_pass_word(key: &str) -> bool {
     let b = key.as_bytes();
     let n = b.len();
-    if n < 4 || !key[n - 4..].eq_ignore_ascii_case("pass") {
+    if n < 4 || !b[n - 4..].eq_ignore_ascii_case(b"pass") {
         return false;
     }
     if n == 4 {
@@ -310,6 +310,8 @@ mod tests {
             ("tls.key", Some(KeyClass::PrivateKey)),
             ("name", None),
             ("kind", None),
+            ("配置", None),
+            ("配pass", Some(KeyClass::Generic)),
         ] {
             assert_eq!(classify_key(key), class, "{key}");
         }

@@ -883,11 +883,14 @@ fn details_generic_and_placeholder_values() {
         "max_tokens": 1000,
         "tokenizer": "bert-base-uncased-v2",
         "kind": "SecretStore",
-        "data": {"mode": "dGVzdA=="}
+        "data": {"mode": "test"}
     });
     let (out, r) = details(&input);
     let mut expected = input.clone();
     expected["mySecretString"] = json!("[REDACTED:generic_secret]");
     assert_eq!(out, expected);
     assert_eq!(r.len(), 1);
+    // The same map in a `kind: Secret` is redacted.
+    let (out, _) = details(&json!({"kind": "Secret", "data": {"mode": "test"}}));
+    assert_eq!(out["data"]["mode"], json!("[REDACTED:k8s_secret_data]"));
 }
