@@ -184,21 +184,22 @@ fn text_secret() -> impl Strategy<Value = (String, String)> {
 /// The sanitizer's own rule vectors (every token family and structural detector, `src/audit/sanitize/vectors.rs`),
 /// each as (text, its secrets long enough to be searched for in the stored record without matching by chance).
 fn rule_vectors() -> &'static [(String, Vec<String>)] {
-    static VECTORS: std::sync::LazyLock<Vec<(String, Vec<String>)>> = std::sync::LazyLock::new(|| {
-        datastorage::audit::sanitize::vectors::rule_vectors()
-            .into_iter()
-            .map(|v| {
-                let planted = v
-                    .secrets
-                    .into_iter()
-                    // JSON-escaped characters would make the absence check vacuous.
-                    .filter(|s| s.len() >= 8 && !s.contains(['"', '\\', '\n', '\r', '\t']))
-                    .collect();
-                // On lines of their own: a vector's context (a YAML block, a line start) is part of the rule.
-                (format!("\n{}\n", v.text), planted)
-            })
-            .collect()
-    });
+    static VECTORS: std::sync::LazyLock<Vec<(String, Vec<String>)>> =
+        std::sync::LazyLock::new(|| {
+            datastorage::audit::sanitize::vectors::rule_vectors()
+                .into_iter()
+                .map(|v| {
+                    let planted = v
+                        .secrets
+                        .into_iter()
+                        // JSON-escaped characters would make the absence check vacuous.
+                        .filter(|s| s.len() >= 8 && !s.contains(['"', '\\', '\n', '\r', '\t']))
+                        .collect();
+                    // On lines of their own: a vector's context (a YAML block, a line start) is part of the rule.
+                    (format!("\n{}\n", v.text), planted)
+                })
+                .collect()
+        });
     &VECTORS
 }
 

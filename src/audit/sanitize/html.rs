@@ -50,16 +50,29 @@ fn scheme_pattern(gaps: bool) -> String {
         ""
     };
     let word = |w: &str| w.chars().map(char_or_entity).collect::<Vec<_>>().join(gap);
-    format!("(?:{}|{}){gap}{}", word("javascript"), word("vbscript"), char_or_entity(':'))
+    format!(
+        "(?:{}|{}){gap}{}",
+        word("javascript"),
+        word("vbscript"),
+        char_or_entity(':')
+    )
 }
 
 static HTML: LazyLock<Html> = LazyLock::new(|| {
     let in_tag = scheme_pattern(true);
     Html {
-        danger_open: compile(r"(?i)<(?P<name>script|iframe|object|embed|applet|frameset|frame)(?-u:\b)"),
-        danger_close: compile(r"(?i)</(?P<name>script|iframe|object|embed|applet|frameset|frame)(?-u:\b)[^>]*>"),
-        tag: compile(r#"<[A-Za-z][^\s/>]*(?:[^<>"'=]|=[ \t\r\n]*"[^"]*"|=[ \t\r\n]*'[^']*'|[="'])*>?"#),
-        handler: compile(r#"(?i)(?P<sep>[\s/"'])on[a-z]+[ \t\r\n]*=[ \t\r\n]*(?:"[^"]*"|'[^']*'|[^\s>]*)"#),
+        danger_open: compile(
+            r"(?i)<(?P<name>script|iframe|object|embed|applet|frameset|frame)(?-u:\b)",
+        ),
+        danger_close: compile(
+            r"(?i)</(?P<name>script|iframe|object|embed|applet|frameset|frame)(?-u:\b)[^>]*>",
+        ),
+        tag: compile(
+            r#"<[A-Za-z][^\s/>]*(?:[^<>"'=]|=[ \t\r\n]*"[^"]*"|=[ \t\r\n]*'[^']*'|[="'])*>?"#,
+        ),
+        handler: compile(
+            r#"(?i)(?P<sep>[\s/"'])on[a-z]+[ \t\r\n]*=[ \t\r\n]*(?:"[^"]*"|'[^']*'|[^\s>]*)"#,
+        ),
         js_in_tag: compile(&format!("(?i){in_tag}")),
         js_text: compile(&format!(r#"(?i){}[^\s"'<>]+"#, scheme_pattern(false))),
         markup: compile(&format!(
@@ -224,4 +237,3 @@ pub fn strip_dangerous_html(text: &str) -> (Cow<'_, str>, bool) {
     let out = rules.js_text.replace_all(&no_tags, "").into_owned();
     (Cow::Owned(out), true)
 }
-

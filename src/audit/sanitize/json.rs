@@ -72,20 +72,27 @@ impl Pass<'_> {
             };
             kinds.extend(found);
         }
-        self.redactions.extend(kinds.into_iter().map(|kind| Redaction {
-            field: field.to_owned(),
-            kind,
-        }));
+        self.redactions
+            .extend(kinds.into_iter().map(|kind| Redaction {
+                field: field.to_owned(),
+                kind,
+            }));
         Ok(cur)
     }
 
     fn named_value(&mut self, path: &str, named: Named<'_>, value: &Value) -> Option<Value> {
         let kind = match (named, value) {
-            (Named::Class(key, class), Value::String(s)) if !is_placeholder(s) && class.takes(key, s) => {
+            (Named::Class(key, class), Value::String(s))
+                if !is_placeholder(s) && class.takes(key, s) =>
+            {
                 class.json_kind()
             }
-            (Named::Class(_, class), Value::Number(_)) if class != KeyClass::Generic => class.json_kind(),
-            (Named::DockerAuth, Value::String(s)) if docker_auth::is_docker_auth(s) => SecretKind::DockerAuth,
+            (Named::Class(_, class), Value::Number(_)) if class != KeyClass::Generic => {
+                class.json_kind()
+            }
+            (Named::DockerAuth, Value::String(s)) if docker_auth::is_docker_auth(s) => {
+                SecretKind::DockerAuth
+            }
             _ => return None,
         };
         self.redactions.push(Redaction {
@@ -98,7 +105,13 @@ impl Pass<'_> {
     /// A list under a secret key (`{"password": ["a", "b"]}`, `{"pin_password": [1234]}`): every string or number
     /// in it, at any array depth, is redacted like a single value would be. Other elements (objects) are left to
     /// the generic walk. `None` when nothing was redacted.
-    fn named_array(&mut self, path: &str, named: Named<'_>, value: &Value, depth: usize) -> Option<Value> {
+    fn named_array(
+        &mut self,
+        path: &str,
+        named: Named<'_>,
+        value: &Value,
+        depth: usize,
+    ) -> Option<Value> {
         let Value::Array(items) = value else {
             return None;
         };
@@ -120,7 +133,12 @@ impl Pass<'_> {
     }
 
     /// The `details` walk.
-    pub(crate) fn json(&mut self, path: &str, value: &Value, depth: usize) -> Result<Value, HtmlRejected> {
+    pub(crate) fn json(
+        &mut self,
+        path: &str,
+        value: &Value,
+        depth: usize,
+    ) -> Result<Value, HtmlRejected> {
         if depth > MAX_JSON_DEPTH {
             return Ok(Value::String(DEPTH_EXCEEDED.to_owned()));
         }
@@ -138,7 +156,12 @@ impl Pass<'_> {
         }
     }
 
-    fn object(&mut self, path: &str, map: &Map<String, Value>, depth: usize) -> Result<Value, HtmlRejected> {
+    fn object(
+        &mut self,
+        path: &str,
+        map: &Map<String, Value>,
+        depth: usize,
+    ) -> Result<Value, HtmlRejected> {
         // Kubernetes env var style: {"name": "DB_PASSWORD", "value": "…"}
         let pair = map
             .get("name")
@@ -171,10 +194,11 @@ impl Pass<'_> {
                 n += 1;
             }
             let child_path = format!("{path}.{unique}");
-            self.redactions.extend(key_kinds.into_iter().map(|kind| Redaction {
-                field: child_path.clone(),
-                kind,
-            }));
+            self.redactions
+                .extend(key_kinds.into_iter().map(|kind| Redaction {
+                    field: child_path.clone(),
+                    kind,
+                }));
             let named = if !self.redact {
                 None
             } else if let Some(class) = classify_key(&new_key) {
@@ -191,12 +215,17 @@ impl Pass<'_> {
                 None => {
                     let data = match named {
                         Some(n) => self.named_array(&child_path, n, child, depth + 1),
-                        None if self.redact => {
-                            k8s_secret::redact_data_map(&child_path, &new_key, child, secret_kind, self.redactions)
-                        }
+                        None if self.redact => k8s_secret::redact_data_map(
+                            &child_path,
+                            &new_key,
+                            child,
+                            secret_kind,
+                            self.redactions,
+                        ),
                         None => None,
                     };
-                    let clean = self.json(&child_path, data.as_ref().unwrap_or(child), depth + 1)?;
+                    let clean =
+                        self.json(&child_path, data.as_ref().unwrap_or(child), depth + 1)?;
                     // A generated-looking value can appear once markup around it is stripped: decide on the clean
                     // text too, so that sanitizing twice changes nothing.
                     match (named, &clean) {

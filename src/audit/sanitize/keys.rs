@@ -62,7 +62,8 @@ impl KeyClass {
 
 /// Secret key words as a regex alternation, for the keyed detectors (the key around it is matched by
 /// `[A-Za-z0-9_.-]*`; [`classify_key`] decides).
-pub(crate) const KW: &str = r"pass|pwd|secret|token|api[_.-]?key|private[_.-]?key|credentials?|authorization";
+pub(crate) const KW: &str =
+    r"pass|pwd|secret|token|api[_.-]?key|private[_.-]?key|credentials?|authorization";
 /// The same without `credential`/`authorization` (too common in prose: `error getting credentials: …`) for
 /// `key=value`-style text.
 pub(crate) const KW_PLAIN: &str = r"pass|pwd|secret|token|api[_.-]?key|private[_.-]?key";
@@ -99,7 +100,12 @@ pub(crate) fn classify_key(key: &str) -> Option<KeyClass> {
     let ends = |s: &str| n.ends_with(s);
     if ends("secretaccesskey") || ends("awssecretkey") {
         Some(KeyClass::AwsSecret)
-    } else if ends("password") || ends("passwd") || ends("passphrase") || ends("pwd") || ends_with_pass_word(key) {
+    } else if ends("password")
+        || ends("passwd")
+        || ends("passphrase")
+        || ends("pwd")
+        || ends_with_pass_word(key)
+    {
         Some(KeyClass::Password)
     } else if ends("apikey") {
         Some(KeyClass::ApiKey)
@@ -111,9 +117,17 @@ pub(crate) fn classify_key(key: &str) -> Option<KeyClass> {
         Some(KeyClass::PrivateKey)
     } else if ends("authorization") {
         Some(KeyClass::Authorization)
-    } else if ["pass", "pwd", "secret", "token", "apikey", "credential", "privatekey"]
-        .iter()
-        .any(|w| n.contains(w))
+    } else if [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "credential",
+        "privatekey",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
     {
         Some(KeyClass::Generic)
     } else {
@@ -187,11 +201,19 @@ pub(crate) fn is_reference(v: &str) -> bool {
     let is_ident_path = |s: &str| {
         !s.is_empty()
             && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']'))
     };
-    for prefix in ["var.", "local.", "data.", "module.", "env.", "secrets.", "vars.", "process.env."] {
+    for prefix in [
+        "var.",
+        "local.",
+        "data.",
+        "module.",
+        "env.",
+        "secrets.",
+        "vars.",
+        "process.env.",
+    ] {
         if let Some(rest) = t.strip_prefix(prefix)
             && is_ident_path(rest)
         {
@@ -199,7 +221,8 @@ pub(crate) fn is_reference(v: &str) -> bool {
         }
     }
     t.chars().count() >= 3
-        && t.chars().all(|c| matches!(c, 'x' | 'X' | '*' | '•' | '#' | '-' | '_' | '.'))
+        && t.chars()
+            .all(|c| matches!(c, 'x' | 'X' | '*' | '•' | '#' | '-' | '_' | '.'))
         && t.chars().any(|c| matches!(c, 'x' | 'X' | '*' | '•' | '#'))
 }
 
@@ -269,7 +292,12 @@ pub(crate) fn looks_generated(v: &str) -> bool {
     if !(10..=4096).contains(&len) || v.chars().any(char::is_whitespace) || !v.is_ascii() {
         return false;
     }
-    if v.starts_with(['/', '~', '.']) || v.contains("://") || is_uuid(v) || looks_like_k8s_ref(v) || is_reference(v) {
+    if v.starts_with(['/', '~', '.'])
+        || v.contains("://")
+        || is_uuid(v)
+        || looks_like_k8s_ref(v)
+        || is_reference(v)
+    {
         return false;
     }
     let letters = v.bytes().filter(u8::is_ascii_alphabetic).count();
@@ -320,20 +348,42 @@ mod tests {
     #[test]
     fn references_and_generated_values() {
         for r in [
-            "$API_KEY", "${API_KEY}", "$(vault read x)", "${{ secrets.TOKEN }}", "{{ .Values.x }}", "<token>", "var.db_password",
-            "local.x", "XXXX", "***", "xxxx-xxxx", "%(password)s", "process.env.TOKEN",
+            "$API_KEY",
+            "${API_KEY}",
+            "$(vault read x)",
+            "${{ secrets.TOKEN }}",
+            "{{ .Values.x }}",
+            "<token>",
+            "var.db_password",
+            "local.x",
+            "XXXX",
+            "***",
+            "xxxx-xxxx",
+            "%(password)s",
+            "process.env.TOKEN",
         ] {
             assert!(is_reference(r), "{r}");
         }
         for s in ["hunter2", "Zq9xT4mPq2", "$", "data", "x"] {
             assert!(!is_reference(s), "{s}");
         }
-        for g in ["Zq9xT4mPq2", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "3f786850e387550fdab836ed7e6dc881de23001b"] {
+        for g in [
+            "Zq9xT4mPq2",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "3f786850e387550fdab836ed7e6dc881de23001b",
+        ] {
             assert!(looks_generated(g), "{g}");
         }
         for w in [
-            "strict", "bert-base-uncased-v2", "2026-03-01T12:00:00Z", "db-creds-2", "nginx:1.25.3-alpine",
-            "123e4567-e89b-12d3-a456-426614174000", "/run/secrets/db", "1000000000", "Bearer",
+            "strict",
+            "bert-base-uncased-v2",
+            "2026-03-01T12:00:00Z",
+            "db-creds-2",
+            "nginx:1.25.3-alpine",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "/run/secrets/db",
+            "1000000000",
+            "Bearer",
         ] {
             assert!(!looks_generated(w), "{w}");
         }

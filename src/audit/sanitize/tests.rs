@@ -779,16 +779,24 @@ proptest! {
     }
 }
 
-
 // -- added with the rule table ------------------------------------------------
 
 #[test]
 fn entity_encoded_javascript_is_removed() {
     for (input, expected) in [
         ("click &#106;avascript:alert(1) now", "click  now"),
-        ("see &#x6A;ava&#115;cript&colon;alert(document.cookie)", "see "),
-        ("<a href=\"&#106;avascript:alert(1)\">x</a>", "<a href=\"\">x</a>"),
-        ("<a href=\"java&#x09;script:alert(1)\">x</a>", "<a href=\"\">x</a>"),
+        (
+            "see &#x6A;ava&#115;cript&colon;alert(document.cookie)",
+            "see ",
+        ),
+        (
+            "<a href=\"&#106;avascript:alert(1)\">x</a>",
+            "<a href=\"\">x</a>",
+        ),
+        (
+            "<a href=\"java&#x09;script:alert(1)\">x</a>",
+            "<a href=\"\">x</a>",
+        ),
         (
             "&#0000106&#0000097&#0000118&#0000097&#0000115&#0000099&#0000114&#0000105&#0000112&#0000116&#0000058alert(1)",
             "",
@@ -800,7 +808,12 @@ fn entity_encoded_javascript_is_removed() {
         assert_idempotent(input);
     }
     assert!(contains_markup("&#106;avascript:alert(1)"));
-    for safe in ["AT&amp;T", "R&D", "&#169; 2026 Acme", "javascript developers wanted"] {
+    for safe in [
+        "AT&amp;T",
+        "R&D",
+        "&#169; 2026 Acme",
+        "javascript developers wanted",
+    ] {
         assert!(!strip_dangerous_html(safe).1, "{safe:?}");
     }
 }
@@ -821,14 +834,20 @@ fn spec() -> crate::crd::RemediationAuditSpec {
 #[test]
 fn sanitize_spec_is_the_one_entry_point() {
     let s = sanitize_spec(&spec(), SanitizeConfig::default()).unwrap();
-    assert_eq!(s.value.alert_name.as_deref(), Some("token=[REDACTED:token]"));
+    assert_eq!(
+        s.value.alert_name.as_deref(),
+        Some("token=[REDACTED:token]")
+    );
     assert_eq!(
         s.value.error_message.as_deref(),
         Some("connect failed: password=[REDACTED:password_kv]")
     );
     let d = Value::Object(s.value.details.clone().unwrap());
     assert_eq!(d["env"][0]["value"], json!("[REDACTED:password_json]"));
-    assert_eq!(d["docker"]["auths"]["r"]["auth"], json!("[REDACTED:docker_auth]"));
+    assert_eq!(
+        d["docker"]["auths"]["r"]["auth"],
+        json!("[REDACTED:docker_auth]")
+    );
     assert!(d.get("<b>k</b>").is_some(), "{d}");
     assert!(s.markup_removed);
     let fields: Vec<(&str, &str)> = s

@@ -134,7 +134,10 @@ pub(crate) const ROWS: &[Row] = &[
             "«aws_access_key_id:AKIAIOSFODNN7EXAMPLE»:«wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY»",
             "keys «aws_access_key_id:ASIAY34FZKBOKMUTVV7A» «wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY» rotated",
         ],
-        fps: &["AKIA rotation: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_region=us-east-1"],
+        fps: &[
+            "AKIA rotation: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_region=us-east-1",
+        ],
     },
     Row {
         name: "github-token",
@@ -147,7 +150,11 @@ pub(crate) const ROWS: &[Row] = &[
             "GH=«github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz» ok",
             "tokens «ghs_abcdefghijklmnopqrstuvwxyz0123456789» «gho_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789»",
         ],
-        fps: &["ghp_tooshort123", "xghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "ghp_short_token_name"],
+        fps: &[
+            "ghp_tooshort123",
+            "xghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
+            "ghp_short_token_name",
+        ],
     },
     Row {
         name: "openai-key",
@@ -176,7 +183,12 @@ pub(crate) const ROWS: &[Row] = &[
             r#"curl -H "Bearer «eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig»" https://api"#,
             "retrying with bearer «abc123def456»",
         ],
-        fps: &["bearer token expired", "Bearer realm", "invalid bearer token", "curl -H \"Bearer $TOKEN\""],
+        fps: &[
+            "bearer token expired",
+            "Bearer realm",
+            "invalid bearer token",
+            "curl -H \"Bearer $TOKEN\"",
+        ],
     },
     Row {
         name: "jwt",
@@ -219,7 +231,11 @@ pub(crate) const ROWS: &[Row] = &[
             "socket mode «xapp-1-A0123ABCDEF-1234567890123-0123456789abcdef0123456789abcdef»",
             "rotated «xoxe.xoxp-1-Mi0yLTEyMzQ1Njc4OTAxMi0xMjM0NTY3ODkwMTIz»",
         ],
-        fps: &["xoxb- prefix identifies bot tokens", "the xoxp-token docs", "pod xoxb-notifier-7f9c8d-xk2lq"],
+        fps: &[
+            "xoxb- prefix identifies bot tokens",
+            "the xoxp-token docs",
+            "pod xoxb-notifier-7f9c8d-xk2lq",
+        ],
     },
     Row {
         name: "slack-webhook",
@@ -231,7 +247,10 @@ pub(crate) const ROWS: &[Row] = &[
             "POST https://hooks.slack.com/services/«T024BE7LD/B01A2B3C4D5/abcdEFGHijklMNOPqrstUVWX» returned 404",
             "hooks.slack.com/workflows/«T024BE7LD/A05B6C7D8E9/123456789012345678/AbCdEfGhIjKl»",
         ],
-        fps: &["see https://hooks.slack.com/services for the docs", "https://api.slack.com/messaging/webhooks"],
+        fps: &[
+            "see https://hooks.slack.com/services for the docs",
+            "https://api.slack.com/messaging/webhooks",
+        ],
     },
     Row {
         name: "stripe-key",
@@ -244,7 +263,10 @@ pub(crate) const ROWS: &[Row] = &[
             "STRIPE=«rk_test_4eC39HqLyjWDarjtT1zdp7dc»",
             "signing with «whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw»",
         ],
-        fps: &["pk_live_51H8abcdEFGHijklMNOPqrstUVWXyz0123456789 is publishable", "the sk_live_ prefix"],
+        fps: &[
+            "pk_live_51H8abcdEFGHijklMNOPqrstUVWXyz0123456789 is publishable",
+            "the sk_live_ prefix",
+        ],
     },
     Row {
         name: "gitlab-token",
@@ -258,7 +280,10 @@ pub(crate) const ROWS: &[Row] = &[
             "deploy «gldt-Ab12Cd34Ef56Gh78Ij90» expired",
             "registration «GR1348941AbCdEfGhIjKlMnOpQrSt»",
         ],
-        fps: &["glpat- tokens expire after 365 days", "glrt-runner-manager-7f9c8d-xk2lq restarted"],
+        fps: &[
+            "glpat- tokens expire after 365 days",
+            "glrt-runner-manager-7f9c8d-xk2lq restarted",
+        ],
     },
     Row {
         name: "google-api-key",
@@ -294,7 +319,10 @@ pub(crate) const ROWS: &[Row] = &[
             "DefaultEndpointsProtocol=https;AccountName=prodstore;AccountKey=«Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OQ==»;EndpointSuffix=core.windows.net",
             "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=«q8Xr2bNf5kLmP0sT7vW9yZ1aC3dE5gH7jK9lM2nO4pQ=»",
         ],
-        fps: &["AccountName=prodstore;EndpointSuffix=core.windows.net", "SharedAccessKeyName=RootManageSharedAccessKey"],
+        fps: &[
+            "AccountName=prodstore;EndpointSuffix=core.windows.net",
+            "SharedAccessKeyName=RootManageSharedAccessKey",
+        ],
     },
     Row {
         name: "azure-sas-signature",
@@ -306,7 +334,10 @@ pub(crate) const ROWS: &[Row] = &[
             "GET https://prodstore.blob.core.windows.net/c/b.txt?sv=2022-11-02&ss=b&srt=o&sp=r&se=2026-03-01T00:00:00Z&sig=«Zx9kR2q%2BaBcDeFgHiJkLmNoPqRsTuVwXyZ01%3D» 403",
             "BlobEndpoint=https://x.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&sig=«AbCdEfGh1234567890IjKlMn%3D»",
         ],
-        fps: &["signature mismatch: sig=invalid", "sig=abcdefghijklmnopqrstuvwxyz is a word"],
+        fps: &[
+            "signature mismatch: sig=invalid",
+            "sig=abcdefghijklmnopqrstuvwxyz is a word",
+        ],
     },
     Row {
         name: "azure-client-secret",
@@ -352,7 +383,10 @@ pub(crate) const ROWS: &[Row] = &[
             "twine upload failed: «pypi-AgEIcHlwaS5vcmcCJDEyMzQ1Njc4LTkwYWItY2RlZi0xMjM0LTU2Nzg5MGFiY2RlZgACKlsz»",
             "TWINE=«pypi-AgENdGVzdC5weXBpLm9yZwIkZmVkY2JhOTgtNzY1NC0zMjEwLWZlZGMtYmE5ODc2NTQzMjEwAAIqWzNd»",
         ],
-        fps: &["pypi-simple index unreachable", "pypi-AgEI is the token prefix"],
+        fps: &[
+            "pypi-simple index unreachable",
+            "pypi-AgEI is the token prefix",
+        ],
     },
     Row {
         name: "sendgrid-key",

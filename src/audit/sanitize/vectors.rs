@@ -83,7 +83,9 @@ mod tests {
 
     use super::super::engine::{prefilter, rules};
     use super::super::kinds::set_of;
-    use super::super::{HtmlPolicy, Redaction, SecretKind, redact_secrets, sanitize_free_text, sanitize_json};
+    use super::super::{
+        HtmlPolicy, Redaction, SecretKind, redact_secrets, sanitize_free_text, sanitize_json,
+    };
     use super::*;
 
     fn free(text: &str) -> (String, Vec<Redaction>) {
@@ -106,7 +108,12 @@ mod tests {
             let (again, r2) = free(&out);
             let (leaf, rl) = {
                 let mut rl = Vec::new();
-                let d = sanitize_json("details", &json!({"l": [v.text.clone()]}), HtmlPolicy::Strip, &mut rl);
+                let d = sanitize_json(
+                    "details",
+                    &json!({"l": [v.text.clone()]}),
+                    HtmlPolicy::Strip,
+                    &mut rl,
+                );
                 (d, rl)
             };
             if out == v.expected
@@ -131,7 +138,10 @@ mod tests {
                 if out == *fp && r.is_empty() && matches!(redact_secrets(fp).0, Cow::Borrowed(_)) {
                     fps_ok += 1;
                 } else {
-                    failures.push(format!("{}: negative {fp:?} became {out:?} {r:?}", rule.name));
+                    failures.push(format!(
+                        "{}: negative {fp:?} became {out:?} {r:?}",
+                        rule.name
+                    ));
                 }
             }
         }
@@ -155,7 +165,12 @@ mod tests {
             pct(fps_ok, fps),
             pct(safe_ok, safe)
         );
-        assert!(failures.is_empty(), "{} vector failures:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} vector failures:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
         assert!(safe >= 60, "the safe corpus has only {safe} entries");
     }
 
@@ -174,7 +189,12 @@ mod tests {
                     v.text
                 );
                 for k in &v.kinds {
-                    assert!(present & k.bit() != 0, "rule {}: {k} keywords missing from {:?}", rule.name, v.text);
+                    assert!(
+                        present & k.bit() != 0,
+                        "rule {}: {k} keywords missing from {:?}",
+                        rule.name,
+                        v.text
+                    );
                 }
             }
         }
@@ -187,10 +207,18 @@ mod tests {
         let all_rule_kinds = rules().iter().fold(0, |acc, r| acc | r.kinds);
         for k in SecretKind::ALL {
             assert!(names.insert(k.as_str()), "duplicate name {k}");
-            assert!(k.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert!(
+                k.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            );
             assert!(!k.keywords().is_empty(), "{k} has no keyword");
             for kw in k.keywords() {
-                assert_eq!(*kw, kw.to_ascii_lowercase(), "keyword {kw:?} of {k} must be lower-case");
+                assert_eq!(
+                    *kw,
+                    kw.to_ascii_lowercase(),
+                    "keyword {kw:?} of {k} must be lower-case"
+                );
             }
             assert!(all_rule_kinds & k.bit() != 0, "no rule emits {k}");
             assert_eq!(set_of(&[k]), k.bit());
@@ -212,7 +240,10 @@ mod tests {
             }
         }
         for k in SecretKind::ALL {
-            assert!(seen.get(&k).copied().unwrap_or(0) >= 2, "kind {k} has fewer than 2 positive vectors");
+            assert!(
+                seen.get(&k).copied().unwrap_or(0) >= 2,
+                "kind {k} has fewer than 2 positive vectors"
+            );
         }
     }
 

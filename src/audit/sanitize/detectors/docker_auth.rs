@@ -12,7 +12,9 @@ use super::super::SecretKind;
 use super::super::engine::{Cand, Detector, compile, push};
 
 static AUTH: LazyLock<Regex> = LazyLock::new(|| {
-    compile(r#"(?:"auth"\s*:\s*"(?P<v>[A-Za-z0-9+/]+={0,2})"|\\"auth\\"\s*:\s*\\"(?P<e>[A-Za-z0-9+/]+={0,2})\\")"#)
+    compile(
+        r#"(?:"auth"\s*:\s*"(?P<v>[A-Za-z0-9+/]+={0,2})"|\\"auth\\"\s*:\s*\\"(?P<e>[A-Za-z0-9+/]+={0,2})\\")"#,
+    )
 });
 
 /// Base64 of `user:password` (what Docker stores in `auth`).
@@ -22,7 +24,10 @@ pub(crate) fn is_docker_auth(v: &str) -> bool {
             .decode(v)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .is_some_and(|s| s.split_once(':').is_some_and(|(u, p)| !u.is_empty() && !p.is_empty()))
+            .is_some_and(|s| {
+                s.split_once(':')
+                    .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
+            })
 }
 
 fn scan(text: &str, out: &mut Vec<Cand>) {

@@ -8,7 +8,9 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::super::engine::{Cand, Detector, compile, push};
-use super::super::keys::{KW_PLAIN, KeyClass, classify_key, looks_generated, looks_like_prose_credential};
+use super::super::keys::{
+    KW_PLAIN, KeyClass, classify_key, looks_generated, looks_like_prose_credential,
+};
 use super::{KEYED_PLAIN_KINDS, first_group};
 
 static CALL: LazyLock<Regex> = LazyLock::new(|| {

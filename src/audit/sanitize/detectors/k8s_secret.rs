@@ -21,7 +21,9 @@ struct Patterns {
 static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     json_block: compile(r#""(?P<which>data|binaryData|stringData)"\s*:\s*\{(?P<body>[^{}]*)\}"#),
     json_pair: compile(r#""(?:[^"\\\n]|\\.)*"\s*:\s*"(?P<v>(?:[^"\\\n]|\\.)*)""#),
-    kind_secret: compile(r#"(?m)(?:^[ \t]*kind:[ \t]*["']?Secret["']?[ \t]*\r?$|"kind"\s*:\s*"Secret")"#),
+    kind_secret: compile(
+        r#"(?m)(?:^[ \t]*kind:[ \t]*["']?Secret["']?[ \t]*\r?$|"kind"\s*:\s*"Secret")"#,
+    ),
 });
 
 fn is_b64_char(b: u8) -> bool {
@@ -41,7 +43,8 @@ pub(crate) fn is_secret_base64(v: &str, secret_kind_known: bool) -> bool {
         return true;
     }
     let has_digit_or_sym = v.bytes().any(|b| b.is_ascii_digit() || b"+/=".contains(&b));
-    let mixed = v.bytes().skip(1).any(|b| b.is_ascii_uppercase()) && v.bytes().any(|b| b.is_ascii_lowercase());
+    let mixed = v.bytes().skip(1).any(|b| b.is_ascii_uppercase())
+        && v.bytes().any(|b| b.is_ascii_lowercase());
     v.len() >= 8 && (has_digit_or_sym || mixed)
 }
 
@@ -164,7 +167,10 @@ fn scan_yaml(text: &str, out: &mut Vec<Cand>) {
 
 /// Kubernetes Secret `"data": {…}` objects in JSON text.
 fn scan_json(text: &str, out: &mut Vec<Cand>) {
-    if !text.contains("\"data\"") && !text.contains("\"binaryData\"") && !text.contains("\"stringData\"") {
+    if !text.contains("\"data\"")
+        && !text.contains("\"binaryData\"")
+        && !text.contains("\"stringData\"")
+    {
         return;
     }
     let p = &*P;
@@ -176,7 +182,9 @@ fn scan_json(text: &str, out: &mut Vec<Cand>) {
         let plain = which.as_str() == "stringData";
         for pair in p.json_pair.captures_iter(body.as_str()) {
             let Some(v) = pair.name("v") else { continue };
-            if (plain && !v.as_str().is_empty()) || (!plain && is_secret_base64(v.as_str(), secret_known)) {
+            if (plain && !v.as_str().is_empty())
+                || (!plain && is_secret_base64(v.as_str(), secret_known))
+            {
                 let s = body.start() + v.start();
                 push(out, s, s + v.len(), SecretKind::K8sSecretData);
             }

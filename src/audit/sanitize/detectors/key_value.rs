@@ -10,7 +10,9 @@ use std::sync::LazyLock;
 use regex::{Captures, Regex};
 
 use super::super::engine::{Cand, Detector, compile, push};
-use super::super::keys::{KW_PLAIN, KeyClass, classify_key, is_reference, is_trivial_value, looks_like_prose_credential};
+use super::super::keys::{
+    KW_PLAIN, KeyClass, classify_key, is_reference, is_trivial_value, looks_like_prose_credential,
+};
 use super::{KEYED_PLAIN_KINDS, first_group};
 
 static KV: LazyLock<Regex> = LazyLock::new(|| {
@@ -57,7 +59,9 @@ fn is_call(v: &str) -> bool {
     ident.is_some_and(|id| {
         !id.is_empty()
             && id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':'))
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':'))
     })
 }
 

@@ -34,11 +34,29 @@ pub(crate) fn first_group<'h>(c: &regex::Captures<'h>, names: &[&str]) -> Option
 /// Kinds a keyed detector can emit (every [`super::keys::KeyClass`]'s kinds).
 pub(crate) const KEYED_JSON_KINDS: &[super::SecretKind] = {
     use super::SecretKind::*;
-    &[PasswordJson, ApiKeyJson, TokenJson, SecretJson, AwsSecretKey, PemPrivateKey, AuthorizationHeader, GenericSecret]
+    &[
+        PasswordJson,
+        ApiKeyJson,
+        TokenJson,
+        SecretJson,
+        AwsSecretKey,
+        PemPrivateKey,
+        AuthorizationHeader,
+        GenericSecret,
+    ]
 };
 
 /// Kinds a `key=value` detector can emit.
 pub(crate) const KEYED_PLAIN_KINDS: &[super::SecretKind] = {
     use super::SecretKind::*;
-    &[PasswordKv, ApiKey, Token, Secret, AwsSecretKey, PemPrivateKey, AuthorizationHeader, GenericSecret]
+    &[
+        PasswordKv,
+        ApiKey,
+        Token,
+        Secret,
+        AwsSecretKey,
+        PemPrivateKey,
+        AuthorizationHeader,
+        GenericSecret,
+    ]
 };

@@ -9,11 +9,17 @@ use super::super::SecretKind;
 use super::super::engine::{Cand, Detector, compile, push};
 
 static URL: LazyLock<Regex> = LazyLock::new(|| {
-    compile(r#"(?i)(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<user>[^\s:/?#@"'<>\[\]]*):(?P<pass>[^\s/?#"'<>]+)@"#)
+    compile(
+        r#"(?i)(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<user>[^\s:/?#@"'<>\[\]]*):(?P<pass>[^\s/?#"'<>]+)@"#,
+    )
 });
 
 fn url_kind(scheme: &str) -> SecretKind {
-    let base = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
+    let base = scheme
+        .split('+')
+        .next()
+        .unwrap_or(scheme)
+        .to_ascii_lowercase();
     match base.as_str() {
         "postgres" | "postgresql" | "pgsql" => SecretKind::PostgresUrl,
         "mysql" | "mysqlx" | "mariadb" => SecretKind::MysqlUrl,

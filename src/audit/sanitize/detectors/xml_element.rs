@@ -17,7 +17,8 @@ static XML: LazyLock<Regex> = LazyLock::new(|| {
 
 fn scan(text: &str, out: &mut Vec<Cand>) {
     for c in XML.captures_iter(text) {
-        let (Some(tag), Some(val), Some(close)) = (c.name("tag"), c.name("val"), c.name("close")) else {
+        let (Some(tag), Some(val), Some(close)) = (c.name("tag"), c.name("val"), c.name("close"))
+        else {
             continue;
         };
         if tag.as_str() != close.as_str() {
@@ -25,7 +26,9 @@ fn scan(text: &str, out: &mut Vec<Cand>) {
         }
         let name = tag.as_str().rsplit(':').next().unwrap_or_default();
         let value = val.as_str().trim();
-        let Some(class) = classify_key(name) else { continue };
+        let Some(class) = classify_key(name) else {
+            continue;
+        };
         if class.takes(name, value) {
             let start = val.start() + (val.as_str().len() - val.as_str().trim_start().len());
             push(out, start, start + value.len(), class.plain_kind());
