@@ -9,11 +9,6 @@ use super::engine::{force_all, prefilter};
 use super::keys::is_placeholder;
 use super::*;
 
-fn red(text: &str) -> (String, Vec<&'static str>) {
-    let (out, kinds) = redact_secrets(text);
-    (out.into_owned(), kinds.iter().map(|k| k.as_str()).collect())
-}
-
 fn free(text: &str) -> (String, Vec<Redaction>) {
     let mut r = Vec::new();
     let out = sanitize_free_text("errorMessage", text, HtmlPolicy::Strip, &mut r)
