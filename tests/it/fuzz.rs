@@ -6,7 +6,8 @@
 //! where `fuzz_regressions_replay` checks it on every `make test` forever after.
 //!
 //! Properties of `prepare()` on arbitrary specs (mostly well-formed, so sanitization is reached, with arbitrary
-//! Unicode, markup, SQL and planted secrets in every text field and in nested `details`):
+//! Unicode, markup, SQL and planted secrets in every text field and in nested `details`; the planted secrets include
+//! every positive vector of every sanitizer rule, `datastorage::audit::sanitize::vectors::rule_vectors`):
 //! - it never panics; a rejection lists at least one error and no error message echoes a planted secret;
 //! - with `redactSecrets`, no planted secret survives in the stored record or the embedding text;
 //! - `content_hash = sha256(canonical_json)`, the canonical JSON is the record's, parses back and is a fixpoint,
