@@ -159,3 +159,6 @@ impl std::fmt::Display for SecretKind {
         f.write_str(self.as_str())
     }
 }
+
+// A `KindSet` is a u64: one bit per kind.
+const _: () = assert!(SecretKind::COUNT < 64, "too many kinds for a u64 KindSet");

@@ -65,6 +65,13 @@ pub fn rule_vectors() -> Vec<RuleVector> {
         .collect()
 }
 
+/// Every rule's negative vectors: (rule, text the whole sanitizer keeps byte for byte).
+pub fn rule_negatives() -> impl Iterator<Item = (&'static str, &'static str)> {
+    rules()
+        .iter()
+        .flat_map(|r| r.fps.iter().map(move |fp| (r.name, *fp)))
+}
+
 /// The shared "safe text" corpus: real error messages, Maven coordinates, image references, digests, UUIDs,
 /// base64 that is not a secret, Kubernetes objects. Every entry must survive the sanitizer untouched.
 pub fn safe_corpus() -> impl Iterator<Item = &'static str> {
@@ -131,18 +138,13 @@ mod tests {
                 ));
             }
         }
-        for rule in rules() {
-            for fp in rule.fps {
-                fps += 1;
-                let (out, r) = free(fp);
-                if out == *fp && r.is_empty() && matches!(redact_secrets(fp).0, Cow::Borrowed(_)) {
-                    fps_ok += 1;
-                } else {
-                    failures.push(format!(
-                        "{}: negative {fp:?} became {out:?} {r:?}",
-                        rule.name
-                    ));
-                }
+        for (rule, fp) in rule_negatives() {
+            fps += 1;
+            let (out, r) = free(fp);
+            if out == fp && r.is_empty() && matches!(redact_secrets(fp).0, Cow::Borrowed(_)) {
+                fps_ok += 1;
+            } else {
+                failures.push(format!("{rule}: negative {fp:?} became {out:?} {r:?}"));
             }
         }
         for s in safe_corpus() {
@@ -202,7 +204,6 @@ mod tests {
 
     #[test]
     fn kind_table_is_consistent() {
-        assert!(SecretKind::COUNT < 64, "KindSet is a u64");
         let mut names = std::collections::BTreeSet::new();
         let all_rule_kinds = rules().iter().fold(0, |acc, r| acc | r.kinds);
         for k in SecretKind::ALL {
