@@ -15,7 +15,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::crd::RemediationAuditSpec;
 pub use embedding_text::{EmbeddingInput, embedding_text, target_kind};
 pub use record::AuditRecord;
-use sanitize::{HtmlPolicy, Redaction};
+use sanitize::Redaction;
+pub use sanitize::SanitizeConfig;
 pub use validate::{FieldError, Reason};
 
 /// Identity of the Kubernetes object an audit comes from.
@@ -25,22 +26,6 @@ pub struct AuditMeta {
     pub namespace: String,
     pub name: String,
     pub generation: i64,
-}
-
-/// Sanitization settings (from the DataStorage resource).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SanitizeConfig {
-    pub redact_secrets: bool,
-    pub html: HtmlPolicy,
-}
-
-impl Default for SanitizeConfig {
-    fn default() -> Self {
-        Self {
-            redact_secrets: true,
-            html: HtmlPolicy::Strip,
-        }
-    }
 }
 
 /// An audit ready to be written.
@@ -68,109 +53,55 @@ pub fn prepare(
     now: DateTime<Utc>,
 ) -> Result<Prepared, Vec<FieldError>> {
     let times = validate::validate(spec, now)?;
-    let mut redactions = Vec::new();
-    let mut errors = Vec::new();
-    let mut markup_removed = false;
-    let reject = |field: &str| {
-        FieldError::new(
-            field,
-            Reason::XssDetected,
-            "contains active markup (script/iframe/object elements, javascript: URLs or event handlers) and the \
-             DataStorage's sanitization.html policy is Reject",
-        )
-    };
-
-    // Short text fields: secrets are redacted (markup there was already rejected by validation).
-    let mut short = |field: &str, value: &str| -> String {
-        if !config.redact_secrets || validate::OPAQUE_ID_FIELDS.contains(&field) {
-            return value.to_string();
-        }
-        let (redacted, kinds) = sanitize::redact_secrets(value);
-        redactions.extend(kinds.into_iter().map(|kind| Redaction {
-            field: field.to_string(),
-            kind,
-        }));
-        redacted.into_owned()
-    };
-    let alert_name = spec.alert_name.as_deref().map(|v| short("alertName", v));
-    let action_type = short("actionType", &spec.action_type);
-    let severity = short("severity", &spec.severity);
-    let environment = short("environment", &spec.environment);
-    let cluster_name = short("clusterName", &spec.cluster_name);
-    let target_resource = short("targetResource", &spec.target_resource);
-
-    // Free text: markup stripped (or rejected) and secrets redacted, repeated to a fixpoint.
-    let error_message = match spec.error_message.as_deref() {
-        None => None,
-        Some(v) if config.redact_secrets => {
-            match sanitize::sanitize_free_text("errorMessage", v, config.html, &mut redactions) {
-                Ok(clean) => {
-                    markup_removed |= sanitize::strip_dangerous_html(v).1;
-                    Some(clean)
-                }
-                Err(_) => {
-                    errors.push(reject("errorMessage"));
-                    None
-                }
+    // Every free-text field and string of `details`: secrets redacted, markup stripped (or refused), in one pass.
+    let clean = sanitize::sanitize_spec(spec, config).map_err(|rejected| {
+        let mut fields: Vec<&str> = Vec::new();
+        for r in &rejected {
+            // `details.a[0].msg` is reported on `details`: the metric's `field` label is the spec field.
+            let top = r.field.split(['.', '[']).next().unwrap_or("details");
+            if !fields.contains(&top) {
+                fields.push(top);
             }
         }
-        Some(v) => {
-            let (clean, removed) = sanitize::strip_dangerous_html(v);
-            if removed && config.html == HtmlPolicy::Reject {
-                errors.push(reject("errorMessage"));
-            }
-            markup_removed |= removed;
-            Some(clean.into_owned())
-        }
-    };
-    let details = match &spec.details {
-        None => None,
-        Some(map) => {
-            let value = serde_json::Value::Object(map.clone());
-            let result = if config.redact_secrets {
-                sanitize::sanitize_json("details", &value, config.html, &mut redactions)
-            } else {
-                strip_json(&value, config.html)
-            };
-            match result {
-                Ok(clean) => {
-                    markup_removed |= strip_json(&value, HtmlPolicy::Strip)
-                        .is_ok_and(|stripped| stripped != value);
-                    Some(clean)
-                }
-                Err(_) => {
-                    errors.push(reject("details"));
-                    None
-                }
-            }
-        }
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-
+        fields
+            .into_iter()
+            .map(|field| {
+                FieldError::new(
+                    field,
+                    Reason::XssDetected,
+                    "contains active markup (script/iframe/object elements, javascript: URLs or event handlers) \
+                     and the DataStorage's sanitization.html policy is Reject",
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let sanitize::Sanitized {
+        value: clean,
+        redactions,
+        markup_removed,
+    } = clean;
     let record = AuditRecord {
         uid: meta.uid.clone(),
         namespace: meta.namespace.clone(),
         name: meta.name.clone(),
         generation: meta.generation,
-        remediation_request_id: spec.remediation_request_id.clone(),
-        alert_fingerprint: spec.alert_fingerprint.clone(),
-        alert_name,
+        remediation_request_id: clean.remediation_request_id,
+        alert_fingerprint: clean.alert_fingerprint,
+        alert_name: clean.alert_name,
         phase: spec.phase.as_str().to_string(),
         outcome: spec.outcome.as_str().to_string(),
-        action_type,
-        severity,
-        environment,
-        cluster_name,
-        target_resource,
+        action_type: clean.action_type,
+        severity: clean.severity,
+        environment: clean.environment,
+        cluster_name: clean.cluster_name,
+        target_resource: clean.target_resource,
         start_time: times.start.to_rfc3339_opts(SecondsFormat::Millis, true),
         end_time: times
             .end
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
         duration_ms: times.duration_ms,
-        error_message,
-        details,
+        error_message: clean.error_message,
+        details: clean.details.map(serde_json::Value::Object),
     };
     let embedding_text = embedding_text(&EmbeddingInput {
         action_type: &record.action_type,
@@ -191,36 +122,5 @@ pub fn prepare(
         start_time: times.start,
         end_time: times.end,
         record,
-    })
-}
-
-/// Markup stripping alone for `details` (when secret redaction is turned off in the DataStorage).
-fn strip_json(
-    value: &serde_json::Value,
-    policy: HtmlPolicy,
-) -> Result<serde_json::Value, sanitize::HtmlRejected> {
-    use serde_json::Value;
-    Ok(match value {
-        Value::String(s) => {
-            let (clean, removed) = sanitize::strip_dangerous_html(s);
-            if removed && policy == HtmlPolicy::Reject {
-                return Err(sanitize::HtmlRejected {
-                    field: "details".to_string(),
-                });
-            }
-            Value::String(clean.into_owned())
-        }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| strip_json(v, policy))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), strip_json(v, policy)?)))
-                .collect::<Result<_, sanitize::HtmlRejected>>()?,
-        ),
-        other => other.clone(),
     })
 }

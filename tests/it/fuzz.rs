@@ -6,7 +6,8 @@
 //! where `fuzz_regressions_replay` checks it on every `make test` forever after.
 //!
 //! Properties of `prepare()` on arbitrary specs (mostly well-formed, so sanitization is reached, with arbitrary
-//! Unicode, markup, SQL and planted secrets in every text field and in nested `details`):
+//! Unicode, markup, SQL and planted secrets in every text field and in nested `details`; the planted secrets include
+//! every positive vector of every sanitizer rule, `datastorage::audit::sanitize::vectors::rule_vectors`):
 //! - it never panics; a rejection lists at least one error and no error message echoes a planted secret;
 //! - with `redactSecrets`, no planted secret survives in the stored record or the embedding text;
 //! - `content_hash = sha256(canonical_json)`, the canonical JSON is the record's, parses back and is a fixpoint,
@@ -181,21 +182,51 @@ fn text_secret() -> impl Strategy<Value = (String, String)> {
     })
 }
 
+/// The sanitizer's own rule vectors (every token family and structural detector, `src/audit/sanitize/vectors.rs`),
+/// each as (text, its secrets long enough to be searched for in the stored record without matching by chance).
+fn rule_vectors() -> &'static [(String, Vec<String>)] {
+    static VECTORS: std::sync::LazyLock<Vec<(String, Vec<String>)>> =
+        std::sync::LazyLock::new(|| {
+            datastorage::audit::sanitize::vectors::rule_vectors()
+                .into_iter()
+                .map(|v| {
+                    let planted = v
+                        .secrets
+                        .into_iter()
+                        // JSON-escaped characters would make the absence check vacuous.
+                        .filter(|s| s.len() >= 8 && !s.contains(['"', '\\', '\n', '\r', '\t']))
+                        .collect();
+                    // On lines of their own: a vector's context (a YAML block, a line start) is part of the rule.
+                    (format!("\n{}\n", v.text), planted)
+                })
+                .collect()
+        });
+    &VECTORS
+}
+
+/// A planted secret: one of the generic forms above, or a rule vector.
+fn planted_secret() -> impl Strategy<Value = (String, Vec<String>)> {
+    prop_oneof![
+        3 => text_secret().prop_map(|(t, v)| (t, vec![v])),
+        2 => (0..rule_vectors().len()).prop_map(|i| rule_vectors()[i].clone()),
+    ]
+}
+
 /// Free text: noise and planted secrets joined by whitespace (a secret glued to arbitrary bytes is a documented
 /// limit of pattern-based redaction; see tests/bad_inputs.rs known issues).
 fn free_text() -> impl Strategy<Value = (String, Vec<String>)> {
     (
         prop::collection::vec(noise(), 0..4),
-        prop::collection::vec(text_secret(), 0..3),
+        prop::collection::vec(planted_secret(), 0..3),
         prop::sample::select(&[" ", "\n", " \n "][..]),
     )
         .prop_map(|(noise, secrets, sep)| {
             let mut parts = noise;
             let mut planted = Vec::new();
-            for (i, (text, value)) in secrets.into_iter().enumerate() {
+            for (i, (text, values)) in secrets.into_iter().enumerate() {
                 let at = (i * 7) % (parts.len() + 1);
                 parts.insert(at, text);
-                planted.push(value);
+                planted.extend(values);
             }
             (parts.join(sep), planted)
         })
