@@ -598,6 +598,22 @@ fn settled_persisted(ra: &RemediationAudit) -> bool {
     })
 }
 
+/// Waits until every one of the `n` audits of `ns` is `Persisted` for its current generation.
+pub async fn wait_all_persisted(client: &Client, ns: &str, n: usize, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let done = persisted_crs(client, ns).await;
+        if done == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "only {done} of {n} audits Persisted after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// What [`verify_exactly_once`] found.
 #[derive(Debug)]
 pub struct Verified {
