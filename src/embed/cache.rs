@@ -101,9 +101,16 @@ impl CachedEmbedder {
         if opts.ttl.is_zero() {
             return Err(EmbedError::Config("cache ttl must be positive".into()));
         }
+        let evictions = metrics.evictions.clone();
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_entries)
             .time_to_live(opts.ttl)
+            // Entries pushed out for lack of room (not TTL expiry): a cache too small for the texts that repeat.
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
         let redis = match opts
             .redis_url
