@@ -41,7 +41,7 @@ pub const WRITE_SERIES: [(&str, &str); 5] = [
     ("audit_embeddings", "success"),
 ];
 /// The version this binary was built from, and the git commit when the build set `DATASTORAGE_GIT_COMMIT`
-/// (the Dockerfile and `make build` pass it; `unknown` otherwise).
+/// (`DATASTORAGE_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build --release`; `unknown` otherwise).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = match option_env!("DATASTORAGE_GIT_COMMIT") {
     Some(c) => c,
@@ -334,5 +334,87 @@ impl Metrics {
     /// Starts a timer on a histogram child; observe by dropping or `observe_duration()`.
     pub fn timer(h: &Histogram) -> prometheus::HistogramTimer {
         h.start_timer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(m: &Metrics) -> Vec<String> {
+        m.render().lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn closed_label_sets_are_exported_at_zero_before_the_first_event() {
+        let m = Metrics::new().unwrap();
+        let text = lines(&m);
+        let has = |l: &str| text.iter().any(|t| t == l);
+        for l in [
+            r#"datastorage_write_total{status="failure",table="audits"} 0"#,
+            r#"datastorage_write_total{status="success",table="audit_history"} 0"#,
+            r#"datastorage_query_total{operation="search",status="server_error"} 0"#,
+            r#"datastorage_query_total{operation="list",status="success"} 0"#,
+            r#"datastorage_query_duration_seconds_count{operation="get"} 0"#,
+            r#"datastorage_reconcile_total{controller="remediationaudit",result="error"} 0"#,
+            r#"datastorage_reconcile_duration_seconds_count{controller="datastorage"} 0"#,
+            r#"datastorage_redactions_total{kind="pem_private_key"} 0"#,
+            r#"datastorage_dualwrite_failure_total{reason="timeout"} 0"#,
+            "datastorage_audits_rejected_total 0",
+            "datastorage_db_pool_max_connections 0",
+        ] {
+            assert!(has(l), "{l} missing");
+        }
+        let redactions = text
+            .iter()
+            .filter(|l| l.starts_with("datastorage_redactions_total{"))
+            .count();
+        assert_eq!(redactions, SecretKind::ALL.len());
+        // No unbounded cross product, and no store readiness before the DataStorage is seen.
+        assert!(!text.iter().any(|l| l.starts_with("datastorage_validation_failures_total{")));
+        assert!(!text.iter().any(|l| l.starts_with("datastorage_store_ready")));
+        assert!(!text.iter().any(|l| l.contains(r#"state="max""#)));
+        m.store_ready.set(0);
+        assert!(lines(&m).iter().any(|l| l == "datastorage_store_ready 0"));
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let m = Metrics::new().unwrap();
+        let text = m.render();
+        assert!(
+            text.contains(&format!(
+                r#"datastorage_build_info{{git_commit="{GIT_COMMIT}",version="{VERSION}"}} 1"#
+            )),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn each_row_only_write_counts_in_exactly_one_counter() {
+        let m = Metrics::new().unwrap();
+        m.count_row_only("timeout");
+        m.count_row_only("timeout");
+        m.count_row_only("provider_error");
+        assert_eq!(m.dualwrite_failure.with_label_values(&["timeout"]).get(), 2);
+        assert_eq!(m.fallback_mode.get(), 1);
+        assert!(!m.render().contains(r#"reason="provider_error""#));
+    }
+
+    #[test]
+    fn a_rejection_counts_one_audit_and_each_field() {
+        let m = Metrics::new().unwrap();
+        m.count_rejection([("severity", "required"), ("actionType", "invalid")]);
+        assert_eq!(m.audits_rejected.get(), 1);
+        assert_eq!(
+            m.validation_failures
+                .with_label_values(&["actionType", "invalid"])
+                .get(),
+            1
+        );
     }
 }

@@ -494,6 +494,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn evictions_for_lack_of_room_are_counted_and_new_texts_alone_are_not() {
+        let metrics = EmbedMetrics::unregistered().unwrap();
+        let opts = CacheOptions {
+            memory_entries: 4,
+            ..mem_opts()
+        };
+        let c = CachedEmbedder::new(counting(), opts, metrics.clone())
+            .await
+            .unwrap();
+        // Four new texts fit: misses, no eviction.
+        c.embed(&strings(&["a", "b", "c", "d"])).await.unwrap();
+        c.memory.run_pending_tasks().await;
+        assert_eq!(metrics.cache_misses.get(), 4);
+        assert_eq!(metrics.evictions.get(), 0);
+        // Eight more do not: the cache evicts to stay at four entries.
+        c.embed(&strings(&["e", "f", "g", "h", "i", "j", "k", "l"]))
+            .await
+            .unwrap();
+        c.memory.run_pending_tasks().await;
+        assert!(metrics.evictions.get() >= 8, "{}", metrics.evictions.get());
+    }
+
+    #[tokio::test]
     async fn misses_are_batched_deduplicated_and_ordered() {
         let inner = counting();
         let metrics = EmbedMetrics::unregistered().unwrap();
