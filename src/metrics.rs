@@ -220,7 +220,7 @@ impl Metrics {
                     "datastorage_store_ready",
                     "1 while the DataStorage is Ready for writes, 0 while not (absent until it is seen)",
                 ),
-                &[],
+                &[] as &[&str],
             )?),
             audits_rejected: IntCounter::new(
                 "datastorage_audits_rejected_total",

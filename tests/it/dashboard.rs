@@ -24,7 +24,7 @@ fn dashboard() -> Value {
 /// The exposition of a fresh registry with one observation in each family that needs one to appear
 /// (`datastorage_validation_failures_total` and `datastorage_db_pool_connections` have no pre-initialised children,
 /// `datastorage_store_ready` is absent until the DataStorage is seen).
-pub fn exposition() -> String {
+fn exposition() -> String {
     let m = Metrics::new().unwrap();
     let e = EmbedMetrics::register(&m.registry).unwrap();
     m.count_rejection([("actionType", "required")]);
@@ -35,7 +35,7 @@ pub fn exposition() -> String {
 }
 
 /// Every metric name a real registry exposes. Histograms contribute `_bucket`, `_sum` and `_count`.
-pub fn exported_names() -> BTreeSet<String> {
+fn exported_names() -> BTreeSet<String> {
     exposition()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
