@@ -371,8 +371,16 @@ mod tests {
             .count();
         assert_eq!(redactions, SecretKind::ALL.len());
         // No unbounded cross product, and no store readiness before the DataStorage is seen.
-        assert!(!text.iter().any(|l| l.starts_with("datastorage_validation_failures_total{")));
-        assert!(!text.iter().any(|l| l.starts_with("datastorage_store_ready")));
+        assert!(
+            !text
+                .iter()
+                .any(|l| l.starts_with("datastorage_validation_failures_total{"))
+        );
+        assert!(
+            !text
+                .iter()
+                .any(|l| l.starts_with("datastorage_store_ready"))
+        );
         assert!(!text.iter().any(|l| l.contains(r#"state="max""#)));
         m.store_ready.set(0);
         assert!(lines(&m).iter().any(|l| l == "datastorage_store_ready 0"));
@@ -389,7 +397,11 @@ mod tests {
             "{text}"
         );
         #[cfg(target_os = "linux")]
-        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
             assert!(text.contains(name), "{name} missing");
         }
     }

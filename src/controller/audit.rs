@@ -400,7 +400,8 @@ fn record_write(ctx: &Context, prepared: &Prepared, has_vector: bool, stored: bo
 }
 
 fn count_rejections(ctx: &Context, errors: &[FieldError]) {
-    ctx.metrics.count_rejection(errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())));
+    ctx.metrics
+        .count_rejection(errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())));
 }
 
 /// Applies the status computed for `outcome`, unless it equals the current one.

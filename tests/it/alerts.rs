@@ -158,9 +158,18 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
     })
     .await;
     running.task.abort();
-    assert!(!exposition.contains("datastorage_store_ready"), "{exposition}");
-    assert!(exposition.contains("datastorage_build_info{"), "{exposition}");
-    assert!(exposition.contains("process_cpu_seconds_total"), "{exposition}");
+    assert!(
+        !exposition.contains("datastorage_store_ready"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("datastorage_build_info{"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("process_cpu_seconds_total"),
+        "{exposition}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut series = held_series(&exposition);
@@ -185,7 +194,10 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
         .to_string(),
     )
     .unwrap();
-    run(&kubebin("promtool"), &["test", "rules", file.to_str().unwrap()]);
+    run(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
 
     // And the check can fail: the same install with the DataStorage stuck not ready pages PostgreSQLFailure.
     let mut failing = series.clone();
@@ -205,7 +217,10 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
         .to_string(),
     )
     .unwrap();
-    let out = run_raw(&kubebin("promtool"), &["test", "rules", file.to_str().unwrap()]);
+    let out = run_raw(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
     assert!(
         !out.status.success(),
         "PostgreSQLFailure stays quiet with store_ready 0: {}",
@@ -224,7 +239,12 @@ fn the_chart_points_runbook_urls_at_the_configured_base() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r["annotations"]["runbook_url"].as_str().unwrap().to_string())
+            .map(|r| {
+                r["annotations"]["runbook_url"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     };
     let default = urls(&[]);

@@ -115,8 +115,14 @@ fn dashboard_has_the_13_panels_of_the_spec_first_then_the_operations_panels() {
     assert!(search.contains(r#"operation="search""#));
     // The validation failure ratio divides audits by audits, not field failures by writes.
     let ratio = exprs(panel(&d, "Validation failure ratio")).join(" ");
-    assert!(ratio.contains("datastorage_audits_rejected_total"), "{ratio}");
-    assert!(!ratio.contains("datastorage_validation_failures_total"), "{ratio}");
+    assert!(
+        ratio.contains("datastorage_audits_rejected_total"),
+        "{ratio}"
+    );
+    assert!(
+        !ratio.contains("datastorage_validation_failures_total"),
+        "{ratio}"
+    );
 }
 
 #[test]
@@ -166,7 +172,12 @@ const THRESHOLDS: [(&str, &str, f64, &str); 8] = [
         "> 0.1",
     ),
     ("Embedding cache hit rate", "LowCacheHitRate", 0.5, "< 0.5"),
-    ("Database pool saturation", "DatabasePoolSaturated", 0.9, ">= 0.9"),
+    (
+        "Database pool saturation",
+        "DatabasePoolSaturated",
+        0.9,
+        ">= 0.9",
+    ),
     ("Leader", "DatastorageNoLeader", 1.0, "< 1"),
     ("Fallback to row-only writes", "VectorDegraded", 1.0, "> 0"),
     ("Audits rejected", "AuditsRejected", 1.0, "> 0"),
@@ -241,7 +252,10 @@ fn every_metric_in_the_dashboard_and_alerts_is_exported() {
         .iter()
         .filter(|f| !used.iter().any(|u| u == *f || *u == format!("{f}_bucket")))
         .collect();
-    assert!(uncharted.is_empty(), "exported but never charted: {uncharted:?}");
+    assert!(
+        uncharted.is_empty(),
+        "exported but never charted: {uncharted:?}"
+    );
     let alerts: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(repo_path("config/prometheus/alerts.yaml")).unwrap(),
     )
@@ -318,7 +332,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = std::process::Command::new(&bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -418,8 +435,14 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
 
     // The workload: stored audits (two share an embedding text: a cache hit), one carrying a secret (a
     // redaction), one rejected; then a list, a get and a search through the query API.
-    env.kubectl(&["apply", "-f", "-"], Some(&audit_yaml("d-1", "rr-d-1", "")));
-    env.kubectl(&["apply", "-f", "-"], Some(&audit_yaml("d-2", "rr-d-2", "")));
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("d-1", "rr-d-1", "")),
+    );
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("d-2", "rr-d-2", "")),
+    );
     env.kubectl(
         &["apply", "-f", "-"],
         Some(&audit_yaml(
@@ -532,7 +555,8 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
                 assert!(values.contains(&want), "{name}: {want} not in {values:?}");
                 // Namespace and job names are DNS labels: nothing for Grafana's regex escaping to change.
                 assert!(
-                    want.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                    want.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
                     "{want}"
                 );
                 vars.push((name, want));
@@ -568,7 +592,12 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
             let numbers = series
                 .iter()
                 .flat_map(|s| s["values"].as_array().unwrap())
-                .filter(|v| v[1].as_str().unwrap().parse::<f64>().is_ok_and(f64::is_finite))
+                .filter(|v| {
+                    v[1].as_str()
+                        .unwrap()
+                        .parse::<f64>()
+                        .is_ok_and(f64::is_finite)
+                })
                 .count();
             if numbers == 0 {
                 empty.push(format!(

@@ -156,7 +156,10 @@ async fn the_named_metrics_move_with_the_workload() {
     // A row-only write counts as a fallback (the provider failed: connection refused) or, when its retries
     // outlast the write's budget, as a dual-write timeout (src/metrics.rs: one counter per cause).
     let row_only = expect("datastorage_fallback_mode_total", &[])
-        + expect("datastorage_dualwrite_failure_total", &[r#"reason="timeout""#]);
+        + expect(
+            "datastorage_dualwrite_failure_total",
+            &[r#"reason="timeout""#],
+        );
     assert!(row_only >= 1.0, "{scrape}");
     assert!(expect("datastorage_cache_hits_total", &[]) >= 1.0);
     assert!(expect("datastorage_cache_misses_total", &[]) >= 1.0);
@@ -219,7 +222,10 @@ async fn the_named_metrics_move_with_the_workload() {
         0.0
     );
     assert_eq!(
-        expect("datastorage_redactions_total", &[r#"kind="pem_private_key""#]),
+        expect(
+            "datastorage_redactions_total",
+            &[r#"kind="pem_private_key""#]
+        ),
         0.0
     );
 
