@@ -432,6 +432,17 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
     let prom = Prometheus::start(ops_addr, &env.ns).await;
     let started = Instant::now();
     let wait = Duration::from_secs(60);
+    // A baseline before the workload, so every rate sees the counters move.
+    eventually(wait, "two scrapes before the workload", || {
+        let (prom, ns) = (&prom, &env.ns);
+        async move {
+            let n = prom
+                .value(&format!(r#"count_over_time(up{{namespace="{ns}"}}[1m])"#))
+                .await?;
+            (n >= 2.0).then_some(())
+        }
+    })
+    .await;
 
     // The workload: stored audits (two share an embedding text: a cache hit), one carrying a secret (a
     // redaction), one rejected; then a list, a get and a search through the query API.
@@ -609,8 +620,9 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
             }
         }
     }
-    assert!(queried >= 40, "{queried}");
     assert!(empty.is_empty(), "empty panels:\n{}", empty.join("\n"));
+    assert!(queried >= 30, "{queried}");
+    eprintln!("{queried} targets of 30 panels all returned numbers");
 
     let _ = kubectl_raw(&["delete", "clusterrolebinding", &binding], None);
     drop(prom);
