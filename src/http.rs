@@ -37,8 +37,7 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
             .with_label_values(&["in_use"])
             .set(size - idle);
         ctx.metrics
-            .pool_connections
-            .with_label_values(&["max"])
+            .pool_max_connections
             .set(i64::from(pool.options().get_max_connections()));
     }
     (

@@ -4,6 +4,7 @@
 #   etcd                     (go.etcd.io/etcd/server/v3, wrapper module ./etcd)
 #   helm                     (helm.sh/helm/v3, wrapper module ./helm)
 #   promtool                 (github.com/prometheus/prometheus, wrapper module ./promtool)
+#   prometheus               (the server, wrapper module ./prometheus; own cache key, linked into the bin dir)
 # and, with `node`, the binaries of a real single node (hack/node.sh), in their own bin dir:
 #   kubelet, kube-controller-manager, kube-scheduler, kube-proxy  (k8s.io/kubernetes, wrapper module ./node,
 #                                                                 same version as ./k8s)
@@ -81,6 +82,10 @@ GOVER="$(go_version)"
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_prom-${PROM_VERSION}_${GOVER}_$(src_hash)"
 BINDIR="$CACHE_ROOT/kubebins/$KEY/bin"
 BINARIES=(kube-apiserver kubectl etcd helm promtool)
+# The Prometheus server (tests/it/dashboard.rs scrapes a real operator with it) has its own wrapper module and
+# cache key, so adding or bumping it never rebuilds the binaries above; it is linked into $BINDIR.
+PROMSRV_BINDIR="$CACHE_ROOT/kubebins/prometheus-$(cd "$HERE" && cat prometheus/go.mod prometheus/go.sum |
+  sha256sum | cut -c1-10)_${GOVER}_r${RECIPE}/bin"
 
 # The node binaries: a key of their own, so adding them changed nothing for the binaries above.
 NODE_RECIPE=1
@@ -118,7 +123,7 @@ all_present() {
   for b in "${BINARIES[@]}"; do [[ -x "$BINDIR/$b" ]] || return 1; done
 }
 
-if all_present; then
+if all_present && { [[ "$MODE" == node ]] || [[ -x "$BINDIR/prometheus" ]]; }; then
   printf '%s\n' "$BINDIR"
   exit 0
 fi
@@ -130,7 +135,7 @@ if [[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -1)" != "$need
   die "Go >= $need_go is required (found $GOVER)"
 fi
 
-mkdir -p "$BINDIR" "$CACHE_ROOT/go/mod" "$CACHE_ROOT/go/build"
+mkdir -p "$BINDIR" "$PROMSRV_BINDIR" "$CACHE_ROOT/go/mod" "$CACHE_ROOT/go/build"
 
 # Serialize concurrent builders of the same key (e.g. two test binaries
 # bringing up control planes at the same time).
@@ -241,6 +246,12 @@ build_one helm           helm     helm.sh/helm/v3/cmd/helm               "$helm_
 # kubernetes SD), which saves ~250 packages (Azure/AWS/GCE/... SDKs).
 build_one promtool       promtool github.com/prometheus/prometheus/cmd/promtool "$prom_ldflags" \
   -tags netgo,remove_all_sd,enable_kubernetes_sd
+
+# The server: without the cloud service discovery plugins (the tests configure static targets) and without the
+# web UI's embedded assets (the HTTP API is all the tests use).
+BINDIR="$PROMSRV_BINDIR" build_one prometheus prometheus github.com/prometheus/prometheus/cmd/prometheus \
+  "$prom_ldflags" -tags netgo,remove_all_sd
+ln -sfn "$PROMSRV_BINDIR/prometheus" "$BINDIR/prometheus"
 
 all_present || die "some binaries are missing in $BINDIR"
 printf '%s\n' "$BINDIR"

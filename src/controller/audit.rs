@@ -376,11 +376,7 @@ async fn embed_in_budget(
         }
         Err(_) => "timeout",
     };
-    ctx.metrics.fallback_mode.inc();
-    ctx.metrics
-        .dualwrite_failure
-        .with_label_values(&[reason])
-        .inc();
+    ctx.metrics.count_row_only(reason);
     None
 }
 
@@ -404,12 +400,8 @@ fn record_write(ctx: &Context, prepared: &Prepared, has_vector: bool, stored: bo
 }
 
 fn count_rejections(ctx: &Context, errors: &[FieldError]) {
-    for e in errors {
-        ctx.metrics
-            .validation_failures
-            .with_label_values(&[e.field.as_str(), e.reason.as_str()])
-            .inc();
-    }
+    ctx.metrics
+        .count_rejection(errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())));
 }
 
 /// Applies the status computed for `outcome`, unless it equals the current one.

@@ -101,9 +101,16 @@ impl CachedEmbedder {
         if opts.ttl.is_zero() {
             return Err(EmbedError::Config("cache ttl must be positive".into()));
         }
+        let evictions = metrics.evictions.clone();
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_entries)
             .time_to_live(opts.ttl)
+            // Entries pushed out for lack of room (not TTL expiry): a cache too small for the texts that repeat.
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
         let redis = match opts
             .redis_url
@@ -484,6 +491,29 @@ mod tests {
         assert_eq!(metrics.cache_misses.get(), 1);
         assert_eq!(metrics.generation_seconds.get_sample_count(), 1);
         assert_eq!(metrics.redis_errors.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn evictions_for_lack_of_room_are_counted_and_new_texts_alone_are_not() {
+        let metrics = EmbedMetrics::unregistered().unwrap();
+        let opts = CacheOptions {
+            memory_entries: 4,
+            ..mem_opts()
+        };
+        let c = CachedEmbedder::new(counting(), opts, metrics.clone())
+            .await
+            .unwrap();
+        // Four new texts fit: misses, no eviction.
+        c.embed(&strings(&["a", "b", "c", "d"])).await.unwrap();
+        c.memory.run_pending_tasks().await;
+        assert_eq!(metrics.cache_misses.get(), 4);
+        assert_eq!(metrics.evictions.get(), 0);
+        // Eight more do not: the cache evicts to stay at four entries.
+        c.embed(&strings(&["e", "f", "g", "h", "i", "j", "k", "l"]))
+            .await
+            .unwrap();
+        c.memory.run_pending_tasks().await;
+        assert!(metrics.evictions.get() >= 8, "{}", metrics.evictions.get());
     }
 
     #[tokio::test]

@@ -21,6 +21,10 @@ pub struct EmbedMetrics {
     /// `datastorage_embedding_cache_redis_errors_total`: failed Redis operations (the embed
     /// itself still succeeds, from memory/provider).
     pub redis_errors: IntCounter,
+    /// `datastorage_embedding_cache_evictions_total`: memory-cache entries evicted for lack of room (not TTL
+    /// expiry). A low hit rate *with* evictions is a cache too small for the texts that repeat; a low hit rate
+    /// without them is texts that are new (the `LowCacheHitRate` alert needs both).
+    pub evictions: IntCounter,
 }
 
 impl EmbedMetrics {
@@ -31,6 +35,7 @@ impl EmbedMetrics {
         registry.register(Box::new(m.cache_misses.clone()))?;
         registry.register(Box::new(m.generation_seconds.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
+        registry.register(Box::new(m.evictions.clone()))?;
         Ok(m)
     }
 
@@ -56,6 +61,10 @@ impl EmbedMetrics {
                 "datastorage_embedding_cache_redis_errors_total",
                 "Failed operations against the shared Redis embedding cache.",
             )?,
+            evictions: IntCounter::new(
+                "datastorage_embedding_cache_evictions_total",
+                "Entries evicted from the in-memory embedding cache for lack of room (not TTL expiry).",
+            )?,
         })
     }
 }
@@ -80,6 +89,7 @@ mod tests {
             "datastorage_cache_misses_total",
             "datastorage_embedding_generation_duration_seconds",
             "datastorage_embedding_cache_redis_errors_total",
+            "datastorage_embedding_cache_evictions_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -1,14 +1,15 @@
 //! The alert rules with the real `promtool`: syntax (`check rules`), unit tests with a firing and a quiet case per
-//! alert (`test rules config/prometheus/alerts_test.yaml`), the exposition format of a real `/metrics` scrape
-//! (`check metrics`), and HighWriteErrorRate evaluated on counters scraped from a real operator whose database
-//! went away.
+//! alert and a fresh install on which none fires (`test rules config/prometheus/alerts_test.yaml`), every alert
+//! quiet on the series a real fresh install exports, the exposition format of a real `/metrics` scrape
+//! (`check metrics`), HighWriteErrorRate evaluated on counters scraped from a real operator whose database went
+//! away, and the chart's runbook URL override.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::chart::{kubebin, repo_path, run, run_raw};
+use crate::support::chart::{documents, kubebin, of_kind, repo_path, run, run_raw, template};
 use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
 use datastorage::embed::EmbedMetrics;
 use datastorage::metrics::Metrics;
@@ -45,7 +46,7 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
     let promtool = kubebin("promtool");
     let rules = repo_path("config/prometheus/alerts.yaml");
     let out = run(&promtool, &["check", "rules", rules.to_str().unwrap()]);
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
     let tests = repo_path("config/prometheus/alerts_test.yaml");
     run(&promtool, &["test", "rules", tests.to_str().unwrap()]);
 }
@@ -68,16 +69,7 @@ fn every_alert_of_the_spec_has_a_firing_and_a_quiet_test_case() {
             }
         }
     }
-    let expected: BTreeSet<String> = [
-        "HighWriteErrorRate",
-        "PostgreSQLFailure",
-        "HighQueryErrorRate",
-        "VectorDegraded",
-        "LowCacheHitRate",
-        "SlowSemanticSearch",
-    ]
-    .map(String::from)
-    .into();
+    let expected: BTreeSet<String> = ALERTS.map(String::from).into();
     let defined: BTreeSet<String> = alert_rules()
         .iter()
         .map(|r| r["alert"].as_str().unwrap().to_string())
@@ -85,6 +77,200 @@ fn every_alert_of_the_spec_has_a_firing_and_a_quiet_test_case() {
     assert_eq!(defined, expected);
     assert_eq!(firing, expected, "firing cases");
     assert_eq!(quiet, expected, "quiet cases");
+    // The fresh-install case checks every alert.
+    let fresh = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"].as_str().unwrap().starts_with("A fresh install"))
+        .expect("a fresh-install test");
+    let checked: BTreeSet<String> = fresh["alert_rule_test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| assert_eq!(c["exp_alerts"], json!([]), "{c}"))
+        .map(|c| c["alertname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(checked, expected, "fresh-install cases");
+}
+
+/// The spec's six alerts and the operational ones.
+const ALERTS: [&str; 12] = [
+    "DatastorageOperatorDown",
+    "DatastorageNoLeader",
+    "HighWriteErrorRate",
+    "PostgreSQLFailure",
+    "HighQueryErrorRate",
+    "VectorDegraded",
+    "LowCacheHitRate",
+    "SlowSemanticSearch",
+    "ReconcileQueueGrowing",
+    "EmbeddingBacklogGrowing",
+    "AuditsRejected",
+    "DatabasePoolSaturated",
+];
+
+/// Every sample of an exposition as a promtool input series held at its value for 60 minutes, with the labels a
+/// scrape adds.
+fn held_series(exposition: &str) -> Vec<Value> {
+    let target = r#"namespace="datastorage",job="datastorage-operator",instance="10.0.0.1:8081""#;
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let series = match series.split_once('{') {
+                Some((name, rest)) if rest == "}" => format!("{name}{{{target}}}"),
+                Some((name, rest)) => format!("{name}{{{target},{rest}"),
+                None => format!("{series}{{{target}}}"),
+            };
+            json!({"series": series, "values": format!("{value}x60")})
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
+    // An operator whose DataStorage does not exist (yet): what a fresh `helm install` runs.
+    crate::support::kube::ensure_crds();
+    let client = crate::support::kube::client().await;
+    let missing = format!("absent-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let running = datastorage::operator::start(
+        client,
+        datastorage::operator::Options {
+            datastorage: missing.clone(),
+            namespace: Some(missing),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            model_dir: None,
+            leader_election: None,
+        },
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/metrics", running.ops_addr);
+    let exposition = eventually(WAIT, "the operator to lead", || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            text.contains("datastorage_leader 1").then_some(text)
+        }
+    })
+    .await;
+    running.task.abort();
+    assert!(
+        !exposition.contains("datastorage_store_ready"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("datastorage_build_info{"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("process_cpu_seconds_total"),
+        "{exposition}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut series = held_series(&exposition);
+    series.push(json!({
+        "series": r#"up{namespace="datastorage",job="datastorage-operator",instance="10.0.0.1:8081"}"#,
+        "values": "1x60",
+    }));
+    let cases: Vec<Value> = ALERTS
+        .iter()
+        .flat_map(|a| {
+            ["10m", "59m"].map(|t| json!({"eval_time": t, "alertname": a, "exp_alerts": []}))
+        })
+        .collect();
+    let file = dir.path().join("fresh_install_test.yaml");
+    std::fs::write(
+        &file,
+        json!({
+            "rule_files": [repo_path("config/prometheus/alerts.yaml")],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    run(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
+
+    // And the check can fail: the same install with the DataStorage stuck not ready pages PostgreSQLFailure.
+    let mut failing = series.clone();
+    failing.push(json!({
+        "series": r#"datastorage_store_ready{namespace="datastorage",job="datastorage-operator",instance="10.0.0.1:8081"}"#,
+        "values": "0x60",
+    }));
+    std::fs::write(
+        &file,
+        json!({
+            "rule_files": [repo_path("config/prometheus/alerts.yaml")],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": failing, "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "PostgreSQLFailure", "exp_alerts": []},
+            ]}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = run_raw(
+        &kubebin("promtool"),
+        &["test", "rules", file.to_str().unwrap()],
+    );
+    assert!(
+        !out.status.success(),
+        "PostgreSQLFailure stays quiet with store_ready 0: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_chart_points_runbook_urls_at_the_configured_base() {
+    let urls = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["--api-versions", "monitoring.coreos.com/v1"];
+        args.extend_from_slice(extra);
+        let docs = documents(&template(&args));
+        let rule = of_kind(&docs, "PrometheusRule")[0].clone();
+        rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["annotations"]["runbook_url"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let default = urls(&[]);
+    assert_eq!(default.len(), ALERTS.len());
+    for (url, name) in default.iter().zip(ALERTS) {
+        assert_eq!(
+            url,
+            &format!(
+                "https://github.com/kubernaut/datastorage/blob/main/docs/runbook.md#{}",
+                name.to_lowercase()
+            )
+        );
+    }
+    let custom = urls(&[
+        "--set",
+        "prometheusRule.runbookBaseUrl=https://wiki.example.com/sre/datastorage",
+    ]);
+    for (url, name) in custom.iter().zip(ALERTS) {
+        assert_eq!(
+            url,
+            &format!(
+                "https://wiki.example.com/sre/datastorage#{}",
+                name.to_lowercase()
+            )
+        );
+    }
 }
 
 #[test]
@@ -146,20 +332,25 @@ fn the_exposition_of_every_metric_passes_promtool_check_metrics() {
     m.write_duration
         .with_label_values(&["audits"])
         .observe(0.01);
-    m.dualwrite_failure.with_label_values(&["timeout"]).inc();
-    m.validation_failures
-        .with_label_values(&["actionType", "required"])
-        .inc();
-    m.query_total.with_label_values(&["search", "error"]).inc();
+    m.count_row_only("timeout");
+    m.count_row_only("provider_error");
+    m.count_rejection([("actionType", "required")]);
     m.query_duration.with_label_values(&["search"]).observe(0.2);
-    m.reconcile_total.with_label_values(&["audit", "ok"]).inc();
-    m.reconcile_duration
-        .with_label_values(&["audit"])
-        .observe(0.01);
-    m.redactions.with_label_values(&["bearer_token"]).inc();
     m.pool_connections.with_label_values(&["idle"]).set(1);
+    m.pool_max_connections.set(5);
+    m.store_ready.set(1);
     e.generation_seconds.observe(0.02);
+    e.evictions.inc();
     let text = m.render();
+    for line in [
+        "datastorage_fallback_mode_total 1",
+        r#"datastorage_dualwrite_failure_total{reason="timeout"} 1"#,
+        "datastorage_audits_rejected_total 1",
+        "datastorage_db_pool_max_connections 5",
+        "datastorage_store_ready 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
     assert!(text.contains("datastorage_embedding_generation_duration_seconds_bucket"));
     promtool_check_metrics(&text);
     // And the checker can fail.
