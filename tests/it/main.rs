@@ -12,6 +12,7 @@ mod support;
 mod alerts;
 mod api;
 mod bad_inputs;
+mod chain;
 mod chart_identity;
 mod cli;
 mod controller;
