@@ -54,7 +54,10 @@ impl CheckpointConfig {
     }
 
     /// The latest checkpoint, if one was written.
-    pub async fn load_latest(&self, client: &Client) -> Result<Option<Checkpoint>, CheckpointError> {
+    pub async fn load_latest(
+        &self,
+        client: &Client,
+    ) -> Result<Option<Checkpoint>, CheckpointError> {
         let Some(cm) = self.api(client).get_opt(&self.config_map).await? else {
             return Ok(None);
         };
@@ -67,7 +70,11 @@ impl CheckpointConfig {
     }
 
     /// Writes `checkpoint` as the latest, keeping the one it replaces as the previous (when both fit).
-    pub async fn save(&self, client: &Client, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    pub async fn save(
+        &self,
+        client: &Client,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         let latest = serde_json::to_string(checkpoint)
             .map_err(|e| CheckpointError::Unreadable(self.config_map.clone(), e.to_string()))?;
         if latest.len() > CONFIG_MAP_BUDGET {
@@ -112,7 +119,9 @@ impl CheckpointConfig {
         let Some(cp) = self.load_latest(client).await? else {
             return Ok(None);
         };
-        Ok(Some(store.verify_checkpoint(&cp, &self.key, audit_id).await?))
+        Ok(Some(
+            store.verify_checkpoint(&cp, &self.key, audit_id).await?,
+        ))
     }
 }
 
@@ -132,7 +141,9 @@ pub async fn run(ctx: Arc<Context>, config: Arc<CheckpointConfig>) {
             Ok(cp) => {
                 debug!(at = %cp.at, count = cp.count, root = %cp.root, "checkpoint written");
             }
-            Err(e) => warn!(error = %e, "could not write the chain-head checkpoint; retrying at the next interval"),
+            Err(e) => {
+                warn!(error = %e, "could not write the chain-head checkpoint; retrying at the next interval")
+            }
         }
     }
 }

@@ -176,7 +176,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             config_map: args.checkpoint_configmap.clone(),
                             key: datastorage::store::checkpoint::CheckpointKey::new(key.as_bytes())
                                 .map_err(anyhow::Error::msg)?,
-                            interval: std::time::Duration::from_secs(args.checkpoint_seconds.max(1)),
+                            interval: std::time::Duration::from_secs(
+                                args.checkpoint_seconds.max(1),
+                            ),
                         }),
                     },
                 },

@@ -239,7 +239,7 @@ async fn get_one(
             &s.ctx,
             &rt.store,
             id,
-            (&audit.namespace, &audit.name, &verified.uid),
+            (audit.namespace.as_str(), audit.name.as_str(), verified.uid.as_str()),
             &hashes,
         )
         .await;

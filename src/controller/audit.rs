@@ -333,7 +333,13 @@ async fn embed_and_write(
                     prepared.record.remediation_request_id
                 ),
             )];
-            count_rejections(ctx, &errors);
+            // Counted once, not at every re-evaluation of the same generation.
+            let again = ra.status.as_ref().is_some_and(|s| {
+                s.observed_generation == ra.meta().generation && status::rejected_as_duplicate(s)
+            });
+            if !again {
+                count_rejections(ctx, &errors);
+            }
             set_status(ra, api, ctx, &Outcome::Rejected { errors }).await?;
             return Ok(None);
         }

@@ -196,7 +196,11 @@ pub fn encode_ranges(ids: impl IntoIterator<Item = i64>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut run: Option<(i64, i64)> = None;
     let push = |out: &mut Vec<String>, (a, b): (i64, i64)| {
-        out.push(if a == b { a.to_string() } else { format!("{a}-{b}") })
+        out.push(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        })
     };
     for id in ids {
         run = match run {
@@ -390,7 +394,9 @@ mod tests {
     }
 
     fn heads(ids: &[i64]) -> Vec<(i64, String)> {
-        ids.iter().map(|&i| (i, sha256_hex(&i.to_be_bytes()))).collect()
+        ids.iter()
+            .map(|&i| (i, sha256_hex(&i.to_be_bytes())))
+            .collect()
     }
 
     #[test]

@@ -472,7 +472,9 @@ impl Store {
             cluster_name: r.try_get("cluster_name")?,
             target_resource: r.try_get("target_resource")?,
             start_time: millis(r.try_get("start_time")?),
-            end_time: r.try_get::<Option<DateTime<Utc>>, _>("end_time")?.map(millis),
+            end_time: r
+                .try_get::<Option<DateTime<Utc>>, _>("end_time")?
+                .map(millis),
             duration_ms: r.try_get("duration_ms")?,
             error_message: r.try_get("error_message")?,
             details: r

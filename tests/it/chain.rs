@@ -94,7 +94,11 @@ async fn the_current_row_changes_only_through_the_write_path() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let u = uid();
-    let id = stored(&store, &prepared(&u, "payments", "oom-1", 1, &spec("rr-1", "c1"))).await;
+    let id = stored(
+        &store,
+        &prepared(&u, "payments", "oom-1", 1, &spec("rr-1", "c1")),
+    )
+    .await;
     // The write path itself: a new generation (one-audit path), the batch path, the deletion mark.
     let mut s2 = spec("rr-1", "c1");
     s2.outcome = AuditOutcome::Failure;
@@ -177,7 +181,11 @@ async fn verify_compares_the_current_row_with_the_head_record() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let u = uid();
-    let id = stored(&store, &prepared(&u, "payments", "oom-1", 1, &spec("rr-1", "c1"))).await;
+    let id = stored(
+        &store,
+        &prepared(&u, "payments", "oom-1", 1, &spec("rr-1", "c1")),
+    )
+    .await;
     let (got_uid, v) = verified(&store, id).await;
     assert_eq!(got_uid, u);
     assert!(v.ok() && v.row_mismatches.is_empty(), "{v:?}");
@@ -209,10 +217,22 @@ async fn request_ids_are_unique_per_cluster_and_namespace_only() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let holder = uid();
-    stored(&store, &prepared(&holder, "team-a", "first", 1, &spec("rr-x", "c1"))).await;
+    stored(
+        &store,
+        &prepared(&holder, "team-a", "first", 1, &spec("rr-x", "c1")),
+    )
+    .await;
     // Another namespace, another cluster: no collision (one-audit path and batch path).
-    stored(&store, &prepared(&uid(), "team-b", "other", 1, &spec("rr-x", "c1"))).await;
-    stored(&store, &prepared(&uid(), "team-a", "fleet", 1, &spec("rr-x", "c2"))).await;
+    stored(
+        &store,
+        &prepared(&uid(), "team-b", "other", 1, &spec("rr-x", "c1")),
+    )
+    .await;
+    stored(
+        &store,
+        &prepared(&uid(), "team-a", "fleet", 1, &spec("rr-x", "c2")),
+    )
+    .await;
     let (pc, pd) = (
         prepared(&uid(), "team-c", "c", 1, &spec("rr-x", "c1")),
         prepared(&uid(), "team-d", "d", 1, &spec("rr-x", "c1")),
@@ -257,10 +277,7 @@ async fn request_ids_are_unique_per_cluster_and_namespace_only() {
     );
     // The holder's resource is deleted: the id is free, the duplicate is stored when tried again.
     assert!(store.mark_deleted(&holder).await.unwrap());
-    assert!(matches!(
-        write(&store, &dup).await,
-        WriteOutcome::Stored(_)
-    ));
+    assert!(matches!(write(&store, &dup).await, WriteOutcome::Stored(_)));
 }
 
 /// Failed before this change: with a look-alike `audit_history_all` first on the caller's search_path,
@@ -269,7 +286,11 @@ async fn request_ids_are_unique_per_cluster_and_namespace_only() {
 async fn functions_ignore_the_callers_search_path() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let id = stored(&store, &prepared(&uid(), "payments", "oom-1", 1, &spec("rr-1", "c1"))).await;
+    let id = stored(
+        &store,
+        &prepared(&uid(), "payments", "oom-1", 1, &spec("rr-1", "c1")),
+    )
+    .await;
     as_owner(
         &store,
         &[&format!(
@@ -309,7 +330,19 @@ async fn a_signed_checkpoint_catches_rewrites_deletions_and_forgeries() {
     let mut uids = Vec::new();
     for i in 0..5 {
         let u = uid();
-        ids.push(stored(&store, &prepared(&u, "payments", &format!("a{i}"), 1, &spec(&format!("rr-{i}"), "c1"))).await);
+        ids.push(
+            stored(
+                &store,
+                &prepared(
+                    &u,
+                    "payments",
+                    &format!("a{i}"),
+                    1,
+                    &spec(&format!("rr-{i}"), "c1"),
+                ),
+            )
+            .await,
+        );
         uids.push(u);
     }
     let cp = store.take_checkpoint(&key).await.unwrap();
@@ -323,10 +356,17 @@ async fn a_signed_checkpoint_catches_rewrites_deletions_and_forgeries() {
         write(&store, &prepared(&uids[0], "payments", "a0", 2, &s2)).await,
         WriteOutcome::Stored(_)
     ));
-    let late = stored(&store, &prepared(&uid(), "payments", "late", 1, &spec("rr-late", "c1"))).await;
+    let late = stored(
+        &store,
+        &prepared(&uid(), "payments", "late", 1, &spec("rr-late", "c1")),
+    )
+    .await;
     let report = store.verify_checkpoint(&cp, &key, None).await.unwrap();
     assert!(report.verified, "{report:?}");
-    let one = store.verify_checkpoint(&cp, &key, Some(late)).await.unwrap();
+    let one = store
+        .verify_checkpoint(&cp, &key, Some(late))
+        .await
+        .unwrap();
     assert_eq!((one.verified, one.covered), (true, Some(false)));
 
     // A consistent rewrite of audit 2's whole chain: new record, hashes recomputed, current row to match.
@@ -351,12 +391,18 @@ async fn a_signed_checkpoint_catches_rewrites_deletions_and_forgeries() {
     )
     .await;
     let (_, v) = verified(&store, victim).await;
-    assert!(v.ok(), "the rewrite is consistent inside the database: {v:?}");
+    assert!(
+        v.ok(),
+        "the rewrite is consistent inside the database: {v:?}"
+    );
     let report = store
         .verify_checkpoint(&cp, &key, Some(victim))
         .await
         .unwrap();
-    assert!(!report.verified && report.missing_ids.is_empty(), "{report:?}");
+    assert!(
+        !report.verified && report.missing_ids.is_empty(),
+        "{report:?}"
+    );
     assert!(report.problems[0].contains("rewritten"), "{report:?}");
 
     // A deleted audit (every row of it) is named.
@@ -372,10 +418,9 @@ async fn a_signed_checkpoint_catches_rewrites_deletions_and_forgeries() {
     let report = store.verify_checkpoint(&cp, &key, None).await.unwrap();
     assert_eq!(report.missing_ids, [gone], "{report:?}");
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains(&format!("audit {gone} is in the checkpoint")) && p.contains("missing")),
+        report.problems.iter().any(
+            |p| p.contains(&format!("audit {gone} is in the checkpoint")) && p.contains("missing")
+        ),
         "{report:?}"
     );
 
@@ -389,7 +434,10 @@ async fn a_signed_checkpoint_catches_rewrites_deletions_and_forgeries() {
     );
     let other = CheckpointKey::new(b"somebody else's key".to_vec()).unwrap();
     let report = store.verify_checkpoint(&cp, &other, None).await.unwrap();
-    assert!(!report.verified && report.problems[0].contains("key"), "{report:?}");
+    assert!(
+        !report.verified && report.problems[0].contains("key"),
+        "{report:?}"
+    );
 }
 
 fn run_plugin(args: &[&str]) -> (Option<i32>, String) {
@@ -420,8 +468,16 @@ fn run_plugin(args: &[&str]) -> (Option<i32>, String) {
 async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
     let env = TestEnv::new("chain").await;
     let ns = env.ns.clone();
-    for (name, rr) in [("intact", "rr-1"), ("updated", "rr-2"), ("rewritten", "rr-3"), ("deleted", "rr-4")] {
-        env.kubectl(&["apply", "-f", "-"], Some(&audit_yaml(name, &format!("{rr}-{ns}"), "")));
+    for (name, rr) in [
+        ("intact", "rr-1"),
+        ("updated", "rr-2"),
+        ("rewritten", "rr-3"),
+        ("deleted", "rr-4"),
+    ] {
+        env.kubectl(
+            &["apply", "-f", "-"],
+            Some(&audit_yaml(name, &format!("{rr}-{ns}"), "")),
+        );
     }
     let mut ids = std::collections::BTreeMap::new();
     for name in ["intact", "updated", "rewritten", "deleted"] {
@@ -441,9 +497,12 @@ async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
         ],
         None,
     );
-    let token = kubectl(&["-n", &ns, "create", "token", "auditor", "--duration=1h"], None)
-        .trim()
-        .to_string();
+    let token = kubectl(
+        &["-n", &ns, "create", "token", "auditor", "--duration=1h"],
+        None,
+    )
+    .trim()
+    .to_string();
     let server = env.api_url();
     let verify = |id: i64| {
         let id = id.to_string();
@@ -463,7 +522,10 @@ async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
     // 1. UPDATE of a current row (the owner bypasses the guard): the row no longer shows the head record.
     as_owner(
         &store,
-        &[&format!("UPDATE audits SET outcome = 'Failure' WHERE id = {}", ids["updated"])],
+        &[&format!(
+            "UPDATE audits SET outcome = 'Failure' WHERE id = {}",
+            ids["updated"]
+        )],
     )
     .await;
     let (code, out) = verify(ids["updated"]);
@@ -514,7 +576,10 @@ async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
         out.contains(&format!("audit {d} is missing from the store")) && out.contains("checkpoint"),
         "{out}"
     );
-    kubectl(&["delete", "clusterrolebinding", &format!("{ns}-auditor")], None);
+    kubectl(
+        &["delete", "clusterrolebinding", &format!("{ns}-auditor")],
+        None,
+    );
 }
 
 /// A RemediationAudit rejected as a duplicate is stored once its holder's resource is deleted (the controller
@@ -527,7 +592,10 @@ async fn a_rejected_duplicate_is_stored_once_the_holder_goes() {
     env.wait_state("holder", "Persisted", WAIT).await;
     env.kubectl(&["apply", "-f", "-"], Some(&audit_yaml("second", &rr, "")));
     let st = env.wait_state("second", "Rejected", WAIT).await;
-    let msg = st["status"]["message"].as_str().unwrap_or_default().to_string();
+    let msg = st["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(msg.contains("holder"), "{msg}");
     env.kubectl(&["delete", "raudit", "holder", "--wait=true"], None);
     env.wait_state("second", "Persisted", Duration::from_secs(120))
