@@ -57,6 +57,7 @@ $$;
 CREATE FUNCTION audits_guard_update() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     h RECORD;
+    r JSONB;
     differs TEXT[];
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id OR NEW.cr_uid IS DISTINCT FROM OLD.cr_uid
@@ -86,8 +87,30 @@ BEGIN
         RAISE EXCEPTION 'audits: the current row changes only with a new history entry chained from it (audit %)',
             NEW.id USING ERRCODE = 'insufficient_privilege';
     END IF;
-    differs := audit_row_mismatches(NEW, h.record::jsonb);
-    IF cardinality(differs) > 0 THEN
+    r := h.record::jsonb;
+    -- The same comparison as audit_row_mismatches(), as one plain expression; the function runs only to name what
+    -- differs. Measured on 2,000 new generations (2 KB records, loaded 2-core machine): the guard adds ~0.95 ms per
+    -- generation this way (2.5 s -> 4.4 s), ~2.4 ms when it called the function for every row.
+    IF (r ->> 'uid') IS DISTINCT FROM NEW.cr_uid::text
+       OR (r ->> 'namespace') IS DISTINCT FROM NEW.namespace
+       OR (r ->> 'name') IS DISTINCT FROM NEW.name
+       OR (r ->> 'generation')::bigint IS DISTINCT FROM NEW.generation
+       OR (r ->> 'remediationRequestId') IS DISTINCT FROM NEW.remediation_request_id
+       OR (r ->> 'alertFingerprint') IS DISTINCT FROM NEW.alert_fingerprint
+       OR (r ->> 'alertName') IS DISTINCT FROM NEW.alert_name
+       OR (r ->> 'phase') IS DISTINCT FROM NEW.phase
+       OR (r ->> 'outcome') IS DISTINCT FROM NEW.outcome
+       OR (r ->> 'actionType') IS DISTINCT FROM NEW.action_type
+       OR (r ->> 'severity') IS DISTINCT FROM NEW.severity
+       OR (r ->> 'environment') IS DISTINCT FROM NEW.environment
+       OR (r ->> 'clusterName') IS DISTINCT FROM NEW.cluster_name
+       OR (r ->> 'targetResource') IS DISTINCT FROM NEW.target_resource
+       OR (r ->> 'startTime')::timestamptz IS DISTINCT FROM date_trunc('milliseconds', NEW.start_time)
+       OR (r ->> 'endTime')::timestamptz IS DISTINCT FROM date_trunc('milliseconds', NEW.end_time)
+       OR (r ->> 'durationMs')::bigint IS DISTINCT FROM NEW.duration_ms
+       OR (r ->> 'errorMessage') IS DISTINCT FROM NEW.error_message
+       OR nullif(r -> 'details', 'null'::jsonb) IS DISTINCT FROM NEW.details THEN
+        differs := audit_row_mismatches(NEW, r);
         RAISE EXCEPTION 'audits: the new row differs from its history record in %', array_to_string(differs, ', ')
             USING ERRCODE = 'insufficient_privilege';
     END IF;
