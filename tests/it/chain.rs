@@ -31,7 +31,9 @@ fn spec(request_id: &str, cluster: &str) -> RemediationAuditSpec {
         start_time: "2026-03-01T11:58:00.123456Z".into(),
         end_time: Some("2026-03-01T11:58:30Z".into()),
         error_message: Some("container api exceeded its memory limit".into()),
-        details: Some(serde_json::json!({"attempts": 2, "ratio": 1.0, "pods": ["a", "b"]})),
+        details: serde_json::json!({"attempts": 2, "ratio": 1.0, "pods": ["a", "b"]})
+            .as_object()
+            .cloned(),
     }
 }
 
