@@ -172,8 +172,10 @@ fn checkpoint_config(ns: &str) -> datastorage::checkpoint::CheckpointConfig {
     datastorage::checkpoint::CheckpointConfig {
         namespace: ns.to_string(),
         config_map: "datastorage-checkpoints".into(),
-        key: datastorage::store::checkpoint::CheckpointKey::new(b"chart identity test key".to_vec())
-            .unwrap(),
+        key: datastorage::store::checkpoint::CheckpointKey::new(
+            b"chart identity test key".to_vec(),
+        )
+        .unwrap(),
         interval: Duration::from_secs(3600),
     }
 }
