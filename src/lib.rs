@@ -9,6 +9,7 @@
 //!   DataStorage controller.
 //! - [`store`]: PostgreSQL (migrations, the write transaction, verification, versions).
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
+//! - [`checkpoint`]: signed chain-head checkpoints kept outside PostgreSQL (a ConfigMap), and the leader's loop.
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
 //!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
@@ -16,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod backfill;
 pub mod check;
+pub mod checkpoint;
 pub mod controller;
 pub mod crd;
 pub mod embed;

@@ -111,6 +111,20 @@ struct RunArgs {
     /// Seconds before a silent leader is replaced.
     #[arg(long, env = "DATASTORAGE_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Key (at least 16 bytes) that signs the chain-head checkpoints; without it none are taken (in a pod: from the
+    /// chart's checkpoint Secret).
+    #[arg(long, env = "DATASTORAGE_CHECKPOINT_KEY", hide_env_values = true)]
+    checkpoint_key: Option<String>,
+    /// ConfigMap (in the lease namespace: the operator's own) that keeps the latest signed checkpoints.
+    #[arg(
+        long,
+        env = "DATASTORAGE_CHECKPOINT_CONFIGMAP",
+        default_value = "datastorage-checkpoints"
+    )]
+    checkpoint_configmap: String,
+    /// Seconds between two checkpoints.
+    #[arg(long, env = "DATASTORAGE_CHECKPOINT_SECONDS", default_value_t = 300)]
+    checkpoint_seconds: u64,
 }
 
 #[tokio::main]
@@ -170,6 +184,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             duration_seconds: args.lease_seconds,
                         }
                     }),
+                    checkpoint: match &args.checkpoint_key {
+                        None => None,
+                        Some(key) => Some(datastorage::checkpoint::CheckpointConfig {
+                            namespace: args.lease_namespace.clone(),
+                            config_map: args.checkpoint_configmap.clone(),
+                            key: datastorage::store::checkpoint::CheckpointKey::new(key.as_bytes())
+                                .map_err(anyhow::Error::msg)?,
+                            interval: std::time::Duration::from_secs(
+                                args.checkpoint_seconds.max(1),
+                            ),
+                        }),
+                    },
                 },
             )
             .await?;

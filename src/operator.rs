@@ -24,6 +24,8 @@ pub struct Options {
     pub model_dir: Option<String>,
     /// Lease-based leader election; `None` makes this replica the only writer (single replica, tests).
     pub leader_election: Option<LeaderElection>,
+    /// Signed chain-head checkpoints outside PostgreSQL (`None`: none are taken, `verify` uses the database alone).
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 /// Where the leader Lease lives and who this replica is.
@@ -86,6 +88,10 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         leader_rx.clone(),
     ));
     let ctx = Arc::new(Context::new(client, metrics, rx));
+    if let Some(c) = opts.checkpoint {
+        info!(configmap = %format!("{}/{}", c.namespace, c.config_map), key = %c.key.id(), "chain-head checkpoints on");
+        ctx.set_checkpoint(c);
+    }
 
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr).await?;
     let ops_addr = listener.local_addr()?;
@@ -136,6 +142,9 @@ async fn write_while_leader(
         let mut writers = JoinSet::new();
         writers.spawn(audit::run(ctx.clone(), namespace.clone()));
         writers.spawn(crate::backfill::run(ctx.clone()));
+        if let Some(c) = ctx.checkpoint() {
+            writers.spawn(crate::checkpoint::run(ctx.clone(), c.clone()));
+        }
         tokio::select! {
             r = leader.wait_for(|is| !*is) => {
                 if r.is_err() {

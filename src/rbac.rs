@@ -81,6 +81,14 @@ pub const REQUIRED: &[Permission] = &[
         &["create"],
         Scope::Cluster,
     ),
+    // checkpoint.rs: the leader writes the signed chain-head checkpoints with server-side apply (`patch`, and
+    // `create` the first time: an apply that creates is authorized as create); every replica `get`s them.
+    p(
+        "",
+        "configmaps",
+        &["create", "get", "patch"],
+        Scope::ReleaseNamespace,
+    ),
     // controller/datastorage.rs `read_secret`: `Api<Secret>::namespaced(..).get_opt(name)` for the database URL,
     // the embedding API key and the Redis URL. The chart only grants this in the release namespace, so every
     // Secret a DataStorage references must live there.

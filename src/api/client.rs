@@ -458,7 +458,25 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
             Ok((out, ExitCode::SUCCESS))
         }
         QueryCommand::Verify { id } => {
-            let detail = client.get(*id).await?;
+            let detail = match client.get(*id).await {
+                Ok(d) => d,
+                // A missing audit does not verify (the API says when the signed checkpoint lists it).
+                Err(ClientError::Problem {
+                    status: 404,
+                    detail,
+                    ..
+                }) => {
+                    let out = match conn.output {
+                        Output::Table => format!("Audit {id}: NOT VERIFIED: {detail}\n"),
+                        other => format_value(
+                            &json!({ "id": id, "chainVerified": false, "problems": [detail] }),
+                            other,
+                        )?,
+                    };
+                    return Ok((out, ExitCode::from(1)));
+                }
+                Err(e) => return Err(e.into()),
+            };
             let (text, ok) = verify_text(&detail);
             let out = match conn.output {
                 Output::Table => text,
@@ -468,6 +486,9 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
                         "chainVerified": ok,
                         "chainHeadMatches": detail["chainHeadMatches"],
                         "chainChecks": detail["chainChecks"],
+                        "rowMismatches": detail["rowMismatches"],
+                        "anchors": detail["anchors"],
+                        "problems": detail["problems"],
                     }),
                     other,
                 )?,
@@ -655,8 +676,31 @@ fn verify_text(d: &Value) -> (String, bool) {
             &rows,
         ));
     }
-    if d["chainHeadMatches"].as_bool() == Some(false) {
-        out.push_str("the audit's current chainHash does not match its latest history entry\n");
+    match d["problems"].as_array() {
+        // Every failure named: the chain, the current row, the resource's chainHash, the signed checkpoint.
+        Some(problems) => {
+            for p in problems.iter().filter_map(Value::as_str) {
+                let _ = writeln!(out, "FAILED: {p}");
+            }
+        }
+        None if d["chainHeadMatches"].as_bool() == Some(false) => {
+            out.push_str("the audit's current chainHash does not match its latest history entry\n");
+        }
+        None => {}
+    }
+    if let Some(at) = d["anchors"]["checkpoint"]["at"].as_str()
+        && d["anchors"]["checkpoint"]["verified"].as_bool() == Some(true)
+    {
+        let covered = d["anchors"]["checkpoint"]["covered"].as_bool() == Some(true);
+        let _ = writeln!(
+            out,
+            "signed checkpoint of {at}: {}",
+            if covered {
+                "proves this audit"
+            } else {
+                "does not cover this audit yet"
+            }
+        );
     }
     (out, ok)
 }

@@ -183,10 +183,17 @@ struct HistoryItem {
 struct GetResponse {
     audit: crate::store::list::AuditRow,
     history: Vec<HistoryItem>,
-    /// Every generation verifies and the latest history entry's chain hash is the audit's current one.
+    /// Everything below holds: every generation verifies, the current row's chain hash is the head, the current
+    /// row shows exactly the head record, and the anchors outside the database agree.
     chain_verified: bool,
     chain_head_matches: bool,
     chain_checks: Vec<ChainCheck>,
+    /// Fields in which the current row (what list/search/get show) differs from the head record.
+    row_mismatches: Vec<String>,
+    /// The RemediationAudit's status.chainHash and the latest signed checkpoint.
+    anchors: crate::checkpoint::Anchors,
+    /// What failed, one line each (empty when verified).
+    problems: Vec<String>,
 }
 
 fn not_found(id: i64) -> Problem {
@@ -209,20 +216,38 @@ async fn get_one(
             .ok_or_else(|| Problem::bad_parameter("id", "id must be a positive integer"))?;
         let rt = s.runtime()?;
         let Some(ns) = rt.store.namespace_of(id).await? else {
-            return Err(not_found(id));
+            // Gone from the store: say so when the signed checkpoint lists it (ids are sequential, so this tells
+            // nothing about any namespace).
+            return Err(match crate::checkpoint::listed_in_checkpoint(&s.ctx, id).await {
+                Some(at) => Problem::not_found(format!(
+                    "audit {id} is missing from the store, but the signed checkpoint of {at} lists it: it was deleted"
+                )),
+                None => not_found(id),
+            });
         };
         if !s.may_read(&user, &ns).await? {
             return Err(not_found(id));
         }
         let audit = rt.store.get(id).await?.ok_or_else(|| not_found(id))?;
-        let entries = rt.store.history(id).await?;
-        let checks = crate::audit::record::verify_chain(&entries);
-        let chain_head_matches = entries
-            .last()
-            .is_some_and(|e| e.chain_hash == audit.chain_hash);
-        let chain_verified =
-            !checks.is_empty() && checks.iter().all(|c| c.ok) && chain_head_matches;
-        let history = entries
+        let verified = rt.store.verify_audit(id).await?.ok_or_else(|| not_found(id))?;
+        let hashes: Vec<&str> = verified
+            .entries
+            .iter()
+            .map(|e| e.chain_hash.as_str())
+            .collect();
+        let anchors = crate::checkpoint::check_anchors(
+            &s.ctx,
+            &rt.store,
+            id,
+            (audit.namespace.as_str(), audit.name.as_str(), verified.uid.as_str()),
+            &hashes,
+        )
+        .await;
+        let v = verified.verification;
+        let mut problems = v.problems();
+        problems.extend(anchors.problems.iter().cloned());
+        let history = verified
+            .entries
             .into_iter()
             .map(|e| HistoryItem {
                 generation: e.generation,
@@ -235,9 +260,12 @@ async fn get_one(
         Ok(GetResponse {
             audit,
             history,
-            chain_verified,
-            chain_head_matches,
-            chain_checks: checks,
+            chain_verified: problems.is_empty(),
+            chain_head_matches: v.head_matches,
+            chain_checks: v.checks,
+            row_mismatches: v.row_mismatches,
+            anchors,
+            problems,
         })
     })
     .await

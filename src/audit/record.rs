@@ -144,6 +144,122 @@ pub fn verify_chain(entries: &[HistoryEntry]) -> Vec<ChainCheck> {
         .collect()
 }
 
+/// What `verify` found for one audit: its chain, its head, and the current row against the head record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub checks: Vec<ChainCheck>,
+    /// The current row's chain hash is the latest history entry's.
+    pub head_matches: bool,
+    /// Fields in which the current row (what list, search and get show) differs from the head record; the row's
+    /// own content hash counts as `contentHash`.
+    pub row_mismatches: Vec<String>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        !self.checks.is_empty()
+            && self.checks.iter().all(|c| c.ok)
+            && self.head_matches
+            && self.row_mismatches.is_empty()
+    }
+
+    /// One line per failure, for people: what failed, not just that something did.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| {
+                format!(
+                    "generation {}: {}",
+                    c.generation,
+                    c.problem.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        if self.checks.is_empty() {
+            out.push("no history entries".into());
+        }
+        if !self.head_matches {
+            out.push("the current row's chainHash is not the chain's head".into());
+        }
+        if !self.row_mismatches.is_empty() {
+            out.push(format!(
+                "the current row differs from the head record in {}",
+                self.row_mismatches.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// Verifies an audit: its history (ordered by generation), that the current row's `chain_hash` is the head, and
+/// that the current row shows exactly what the head record (the hashed one) holds.
+pub fn verify_current(
+    entries: &[HistoryEntry],
+    shown: &AuditRecord,
+    row_content_hash: &str,
+    row_chain_hash: &str,
+) -> Verification {
+    let checks = verify_chain(entries);
+    let head = entries.last();
+    let head_matches = head.is_some_and(|e| e.chain_hash == row_chain_hash);
+    let mut row_mismatches = match head {
+        Some(h) => record_mismatches(shown, &h.record),
+        None => Vec::new(),
+    };
+    if head.is_some_and(|h| h.content_hash != row_content_hash) {
+        row_mismatches.push("contentHash".into());
+    }
+    Verification {
+        checks,
+        head_matches,
+        row_mismatches,
+    }
+}
+
+/// The fields (record names) in which the record a current row shows differs from a stored history record, sorted;
+/// empty when the row shows exactly what the chain covers; `["record"]` when the stored record is unreadable.
+/// Mirrors SQL `audit_row_mismatches()` (migrations), which guards updates of the current row.
+pub fn record_mismatches(shown: &AuditRecord, stored_record: &str) -> Vec<String> {
+    let shown = serde_json::to_value(shown).unwrap_or(Value::Null);
+    let stored: Value = serde_json::from_str(stored_record).unwrap_or(Value::Null);
+    let (Value::Object(shown), Value::Object(stored)) = (shown, &stored) else {
+        return vec!["record".to_string()];
+    };
+    let mut keys: Vec<&String> = shown.keys().chain(stored.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| {
+            let a = shown.get(*k).unwrap_or(&Value::Null);
+            let b = stored.get(*k).unwrap_or(&Value::Null);
+            !same_json(a, b)
+        })
+        .map(|k| k.to_string())
+        .collect()
+}
+
+/// JSON equality with numbers compared by value (`1.0` read back from JSONB equals `1.0` as written, and an
+/// integer written as `100` equals `100` read back whatever its representation).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || (x.as_f64().is_some() && x.as_f64() == y.as_f64())
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +300,55 @@ mod tests {
         removed.remove(1);
         let checks = verify_chain(&removed);
         assert!(checks[0].ok && !checks[1].ok);
+    }
+
+    fn sample() -> AuditRecord {
+        AuditRecord {
+            uid: "u".into(),
+            namespace: "ns".into(),
+            name: "n".into(),
+            generation: 2,
+            remediation_request_id: "r".into(),
+            alert_fingerprint: "f".into(),
+            alert_name: None,
+            phase: "Completed".into(),
+            outcome: "Success".into(),
+            action_type: "restart".into(),
+            severity: "high".into(),
+            environment: "prod".into(),
+            cluster_name: "c".into(),
+            target_resource: "t".into(),
+            start_time: "2026-03-01T11:58:00.000Z".into(),
+            end_time: None,
+            duration_ms: None,
+            error_message: Some("boom".into()),
+            details: Some(serde_json::json!({"a": 1.0, "b": [1, 2]})),
+        }
+    }
+
+    #[test]
+    fn a_row_that_shows_its_record_has_no_mismatches() {
+        let r = sample();
+        assert!(record_mismatches(&r, &r.canonical_json()).is_empty());
+        // Details read back from JSONB: other key order, same numbers.
+        let stored = r
+            .canonical_json()
+            .replace(r#"{"a":1.0,"b":[1,2]}"#, r#"{"b":[1,2],"a":1.0}"#);
+        assert!(record_mismatches(&r, &stored).is_empty(), "{stored}");
+    }
+
+    #[test]
+    fn a_row_that_was_changed_names_the_changed_fields() {
+        let stored = sample().canonical_json();
+        let mut shown = sample();
+        shown.outcome = "Failure".into();
+        shown.error_message = None;
+        shown.details = Some(serde_json::json!({"a": 2}));
+        assert_eq!(
+            record_mismatches(&shown, &stored),
+            ["details", "errorMessage", "outcome"]
+        );
+        assert_eq!(record_mismatches(&shown, "not json"), ["record"]);
     }
 
     #[test]

@@ -148,6 +148,15 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 }
 
 /// `length_exceeded` → `LengthExceeded` (condition reasons are CamelCase).
+/// Whether this status rejects its generation only because another audit of the same (clusterName, namespace)
+/// holds its remediationRequestId. Unlike other rejections, that one is tried again (the holder may go away).
+pub fn rejected_as_duplicate(status: &RemediationAuditStatus) -> bool {
+    status.state == Some(AuditState::Rejected)
+        && status.conditions.iter().any(|c| {
+            c.type_ == "Validated" && c.status == "False" && c.reason == reason_camel("duplicate")
+        })
+}
+
 fn reason_camel(snake: &str) -> String {
     snake
         .split('_')
@@ -241,5 +250,27 @@ mod tests {
             .unwrap();
         assert_eq!(validated.reason, "Invalid");
         assert_eq!(validated.status, "False");
+    }
+
+    #[test]
+    fn only_a_duplicate_rejection_is_tried_again() {
+        let reject = |reason| {
+            compute(
+                None,
+                Some(1),
+                &Outcome::Rejected {
+                    errors: vec![FieldError::new("remediationRequestId", reason, "x")],
+                },
+                "T",
+            )
+        };
+        assert!(rejected_as_duplicate(&reject(Reason::Duplicate)));
+        assert!(!rejected_as_duplicate(&reject(Reason::Invalid)));
+        assert!(!rejected_as_duplicate(&compute(
+            None,
+            Some(1),
+            &persisted(),
+            "T"
+        )));
     }
 }

@@ -37,6 +37,8 @@ pub const EXPIRED_ANNOTATION: &str = "datastorage.kubernaut.ai/expired";
 const CONTROLLER: &str = "remediationaudit";
 /// How often a persisted audit whose vector is still pending is looked at again.
 const EMBEDDING_RECHECK: Duration = Duration::from_secs(15);
+/// How often an audit rejected as a duplicate is tried again (the holder may be deleted meanwhile).
+pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -163,7 +165,11 @@ async fn reconcile_inner(
         && s.observed_generation == generation
     {
         match s.state {
-            Some(AuditState::Rejected) => return Ok(Action::await_change()),
+            // A duplicate remediationRequestId is looked at again (its holder may have gone); other rejections
+            // wait for a spec change.
+            Some(AuditState::Rejected) if !status::rejected_as_duplicate(s) => {
+                return Ok(Action::await_change());
+            }
             Some(AuditState::Persisted)
                 if !matches!(
                     s.embedding,
@@ -238,7 +244,7 @@ async fn reconcile_inner(
         Some(stored) => stored,
         None => match embed_and_write(ra, &api, &rt, &prepared, ctx, &key).await? {
             Some(stored) => stored,
-            None => return Ok(Action::await_change()),
+            None => return Ok(Action::requeue(DUPLICATE_RECHECK)),
         },
     };
     ctx.reset_backoff(&key);
@@ -327,7 +333,13 @@ async fn embed_and_write(
                     prepared.record.remediation_request_id
                 ),
             )];
-            count_rejections(ctx, &errors);
+            // Counted once, not at every re-evaluation of the same generation.
+            let again = ra.status.as_ref().is_some_and(|s| {
+                s.observed_generation == ra.meta().generation && status::rejected_as_duplicate(s)
+            });
+            if !again {
+                count_rejections(ctx, &errors);
+            }
             set_status(ra, api, ctx, &Outcome::Rejected { errors }).await?;
             return Ok(None);
         }

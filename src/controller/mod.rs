@@ -65,6 +65,8 @@ pub struct Context {
     own_writes: Mutex<OwnWrites>,
     /// The RemediationAudit controller's watch cache while this replica runs it (the leader).
     audit_cache: Arc<Mutex<Option<audit::AuditCache>>>,
+    /// Where the signed chain-head checkpoints are kept, when configured (set once at start-up).
+    checkpoint: std::sync::OnceLock<Arc<crate::checkpoint::CheckpointConfig>>,
 }
 
 /// Unpublishes the audit controller's cache when the controller stops (or is aborted).
@@ -91,7 +93,18 @@ impl Context {
             started: Instant::now(),
             own_writes: Mutex::new(OwnWrites::default()),
             audit_cache: Arc::new(Mutex::new(None)),
+            checkpoint: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where checkpoints are kept, when configured.
+    pub fn checkpoint(&self) -> Option<&Arc<crate::checkpoint::CheckpointConfig>> {
+        self.checkpoint.get()
+    }
+
+    /// Configures checkpoints (once; a second call is ignored).
+    pub fn set_checkpoint(&self, config: crate::checkpoint::CheckpointConfig) {
+        let _ = self.checkpoint.set(Arc::new(config));
     }
 
     /// A write is about to embed its audit.

@@ -16,12 +16,16 @@ use crate::audit::record::{self, ChainCheck, HistoryEntry};
 use crate::crd::TlsMode;
 
 pub mod batch;
+pub mod checkpoint;
 pub mod index;
 pub mod list;
 pub mod search;
 pub mod versions;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The unique index that scopes remediationRequestId per (clusterName, namespace) among undeleted audits.
+pub const REQUEST_ID_SCOPE_KEY: &str = "audits_request_id_scope_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,7 +148,9 @@ pub enum WriteOutcome {
     Stored(StoredAudit),
     /// This generation (or a newer one) was already stored: nothing changed.
     Unchanged(StoredAudit),
-    /// Another object already holds this remediationRequestId.
+    /// Another object of the same (clusterName, namespace) already holds this remediationRequestId.
+    /// `namespace` is always the writer's own; `name` is the holder's (empty when it went away meanwhile: the
+    /// write can be tried again).
     Duplicate { namespace: String, name: String },
 }
 
@@ -157,6 +163,15 @@ pub struct StoredAudit {
     pub persisted_at: DateTime<Utc>,
     /// Whether a vector for the current text and model is stored.
     pub embedding_stored: bool,
+}
+
+/// An audit's history and what verifying it from the database found ([`Store::verify_audit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAudit {
+    /// The RemediationAudit's uid.
+    pub uid: String,
+    pub entries: Vec<HistoryEntry>,
+    pub verification: record::Verification,
 }
 
 /// The audit store.
@@ -256,10 +271,10 @@ impl Store {
                     continue;
                 }
                 Err(StoreError::Database(sqlx::Error::Database(db)))
-                    if db.constraint() == Some("audits_remediation_request_id_key") =>
+                    if db.constraint() == Some(REQUEST_ID_SCOPE_KEY) =>
                 {
                     tx.rollback().await?;
-                    return self.duplicate_of(&p.record.remediation_request_id).await;
+                    return self.duplicate_of(&p.record).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -284,21 +299,21 @@ impl Store {
         row.as_ref().map(stored_from_row).transpose()
     }
 
-    async fn duplicate_of(&self, request_id: &str) -> Result<WriteOutcome, StoreError> {
-        let row =
-            sqlx::query("SELECT namespace, name FROM audits WHERE remediation_request_id = $1")
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match row {
-            Some(r) => WriteOutcome::Duplicate {
-                namespace: r.try_get("namespace")?,
-                name: r.try_get("name")?,
-            },
-            None => WriteOutcome::Duplicate {
-                namespace: String::new(),
-                name: String::new(),
-            },
+    /// The audit holding `record`'s remediationRequestId in its (clusterName, namespace). The holder is looked up
+    /// in that scope only, so a rejection names an audit of the writer's own namespace (never another one's).
+    async fn duplicate_of(&self, record: &record::AuditRecord) -> Result<WriteOutcome, StoreError> {
+        let name: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM audits
+             WHERE cluster_name = $1 AND namespace = $2 AND remediation_request_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(&record.cluster_name)
+        .bind(&record.namespace)
+        .bind(&record.remediation_request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(WriteOutcome::Duplicate {
+            namespace: record.namespace.clone(),
+            name: name.unwrap_or_default(),
         })
     }
 
@@ -422,6 +437,72 @@ impl Store {
         Ok(record::verify_chain(&self.history(audit_id).await?))
     }
 
+    /// The record the current row of audit `id` shows (what list, search and get display), in the form the chain
+    /// hashes, with the row's own content and chain hashes; `None` when there is no such row.
+    pub async fn current_record(
+        &self,
+        id: i64,
+    ) -> Result<Option<(record::AuditRecord, String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT cr_uid::text AS uid, namespace, name, generation, remediation_request_id, alert_fingerprint,
+                    alert_name, phase, outcome, action_type, severity, environment, cluster_name, target_resource,
+                    start_time, end_time, duration_ms, error_message, details, content_hash, chain_hash
+             FROM audits WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let millis = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let shown = record::AuditRecord {
+            uid: r.try_get("uid")?,
+            namespace: r.try_get("namespace")?,
+            name: r.try_get("name")?,
+            generation: r.try_get("generation")?,
+            remediation_request_id: r.try_get("remediation_request_id")?,
+            alert_fingerprint: r.try_get("alert_fingerprint")?,
+            alert_name: r.try_get("alert_name")?,
+            phase: r.try_get("phase")?,
+            outcome: r.try_get("outcome")?,
+            action_type: r.try_get("action_type")?,
+            severity: r.try_get("severity")?,
+            environment: r.try_get("environment")?,
+            cluster_name: r.try_get("cluster_name")?,
+            target_resource: r.try_get("target_resource")?,
+            start_time: millis(r.try_get("start_time")?),
+            end_time: r
+                .try_get::<Option<DateTime<Utc>>, _>("end_time")?
+                .map(millis),
+            duration_ms: r.try_get("duration_ms")?,
+            error_message: r.try_get("error_message")?,
+            details: r
+                .try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>("details")?
+                .map(|j| j.0),
+        };
+        Ok(Some((
+            shown,
+            r.try_get("content_hash")?,
+            r.try_get("chain_hash")?,
+        )))
+    }
+
+    /// Verifies audit `id` from the database alone: its chain (every history entry), that the current row's chain
+    /// hash is the chain's head, and that the current row shows exactly the head record. `None`: no such audit.
+    pub async fn verify_audit(&self, id: i64) -> Result<Option<VerifiedAudit>, StoreError> {
+        let Some((shown, content_hash, chain_hash)) = self.current_record(id).await? else {
+            return Ok(None);
+        };
+        let entries = self.history(id).await?;
+        let verification = record::verify_current(&entries, &shown, &content_hash, &chain_hash);
+        Ok(Some(VerifiedAudit {
+            uid: shown.uid,
+            entries,
+            verification,
+        }))
+    }
+
     /// Creates the monthly history partitions from this month to `months_ahead` months ahead.
     pub async fn ensure_partitions(&self, months_ahead: i32) -> Result<i32, StoreError> {
         Ok(sqlx::query_scalar("SELECT ensure_history_partitions($1)")
@@ -520,6 +601,11 @@ async fn write_in_tx(
     let chain = record::chain_hash(&prev_chain, &p.content_hash);
     let details = r.details.clone().map(sqlx::types::Json);
 
+    // An update appends the history entry first: the audits_guard_update trigger (migrations) lets the current
+    // row change only to what the history entry just appended for the new generation says.
+    if let Some(row) = &current {
+        append_history(tx, row.try_get("id")?, uid, write, &prev_chain, &chain).await?;
+    }
     let row = if current.is_some() {
         sqlx::query(
             "UPDATE audits SET namespace = $2, name = $3, remediation_request_id = $4, alert_fingerprint = $5,
@@ -572,22 +658,9 @@ async fn write_in_tx(
     };
     let audit_id: i64 = row.try_get("id")?;
     let persisted_at: DateTime<Utc> = row.try_get("updated_at")?;
-
-    sqlx::query(
-        "INSERT INTO audit_history (audit_id, cr_uid, namespace, generation, record, content_hash,
-            prev_chain_hash, chain_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(audit_id)
-    .bind(uid)
-    .bind(&r.namespace)
-    .bind(r.generation)
-    .bind(&p.canonical_json)
-    .bind(&p.content_hash)
-    .bind(&prev_chain)
-    .bind(&chain)
-    .execute(&mut **tx)
-    .await?;
+    if current.is_none() {
+        append_history(tx, audit_id, uid, write, &prev_chain, &chain).await?;
+    }
 
     let mut embedding_stored = false;
     if let Some(e) = &write.embedding {
@@ -621,6 +694,34 @@ async fn write_in_tx(
         persisted_at,
         embedding_stored,
     })))
+}
+
+/// Appends the history entry of `write` (its canonical record and hashes) to the chain of `audit_id`.
+async fn append_history(
+    tx: &mut Transaction<'static, Postgres>,
+    audit_id: i64,
+    uid: Uuid,
+    write: &AuditWrite<'_>,
+    prev_chain: &str,
+    chain: &str,
+) -> Result<(), StoreError> {
+    let p = write.prepared;
+    sqlx::query(
+        "INSERT INTO audit_history (audit_id, cr_uid, namespace, generation, record, content_hash,
+            prev_chain_hash, chain_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(audit_id)
+    .bind(uid)
+    .bind(&p.record.namespace)
+    .bind(p.record.generation)
+    .bind(&p.canonical_json)
+    .bind(&p.content_hash)
+    .bind(prev_chain)
+    .bind(chain)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// sqlx's URL parse errors may echo the URL; never let a password reach a log or a status.

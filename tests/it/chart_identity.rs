@@ -75,6 +75,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
                 identity: "chart-identity-test".into(),
                 duration_seconds: 10,
             }),
+            checkpoint: Some(checkpoint_config(&ns)),
         },
     )
     .await
@@ -116,6 +117,21 @@ async fn the_operator_works_with_the_charts_service_account_only() {
         },
     )
     .await;
+    // The signed checkpoint ConfigMap is created, replaced and read as the SA (configmaps create, patch, get).
+    let store = db.store().await;
+    let cfg = checkpoint_config(&ns);
+    for _ in 0..2 {
+        datastorage::checkpoint::take_and_save(&running.context.client, &store, &cfg)
+            .await
+            .unwrap();
+    }
+    let latest = cfg
+        .load_latest(&running.context.client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.count, 1, "{latest:?}");
+
     // Deleting goes through the finalizer (patch) as the SA.
     kubectl(
         &[
@@ -150,4 +166,16 @@ async fn the_operator_works_with_the_charts_service_account_only() {
     running.task.abort();
     helm(&["uninstall", "ds", "-n", &ns]);
     let _ = kubectl_raw(&["delete", "datastorage", &ns, "--wait=false"], None);
+}
+
+fn checkpoint_config(ns: &str) -> datastorage::checkpoint::CheckpointConfig {
+    datastorage::checkpoint::CheckpointConfig {
+        namespace: ns.to_string(),
+        config_map: "datastorage-checkpoints".into(),
+        key: datastorage::store::checkpoint::CheckpointKey::new(
+            b"chart identity test key".to_vec(),
+        )
+        .unwrap(),
+        interval: Duration::from_secs(3600),
+    }
 }

@@ -13,6 +13,7 @@ mod admission_policy;
 mod alerts;
 mod api;
 mod bad_inputs;
+mod chain;
 mod chart_identity;
 mod cli;
 mod cluster;

@@ -47,6 +47,10 @@ app.kubernetes.io/component: operator
 {{- default (printf "%s-db" (include "datastorage.fullname" .)) .Values.database.existingSecret }}
 {{- end }}
 
+{{- define "datastorage.checkpointSecretName" -}}
+{{- default (printf "%s-checkpoint" (include "datastorage.fullname" .)) .Values.checkpoint.existingSecret }}
+{{- end }}
+
 {{/* The monitoring API (Prometheus Operator) is installed. */}}
 {{- define "datastorage.monitoringApi" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}

@@ -740,6 +740,8 @@ pub async fn cr_to_persisted(
             api_addr: "127.0.0.1:0".parse()?,
             model_dir: Some(model_dir.into()),
             leader_election: None,
+            // Checkpoints (every 300 s in the chart) take one short lock per interval: none within a bench run.
+            checkpoint: None,
         },
     )
     .await?;

@@ -246,10 +246,34 @@ impl TestEnv {
                 api_addr: "127.0.0.1:0".parse().unwrap(),
                 model_dir: std::env::var("DATASTORAGE_MODEL_DIR").ok(),
                 leader_election,
+                // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
+                // (`checkpoint_now`), so that tests control what a checkpoint covers.
+                checkpoint: Some(self.checkpoint_config()),
             },
         )
         .await
         .unwrap()
+    }
+
+    /// Where this environment's operators keep their signed checkpoints.
+    pub fn checkpoint_config(&self) -> datastorage::checkpoint::CheckpointConfig {
+        datastorage::checkpoint::CheckpointConfig {
+            namespace: self.ns.clone(),
+            config_map: "datastorage-checkpoints".into(),
+            key: datastorage::store::checkpoint::CheckpointKey::new(
+                format!("test-checkpoint-key-{}", self.ns).into_bytes(),
+            )
+            .unwrap(),
+            interval: Duration::from_secs(3600),
+        }
+    }
+
+    /// Takes and writes a signed checkpoint now (what the leader does every interval).
+    pub async fn checkpoint_now(&self) -> datastorage::store::checkpoint::Checkpoint {
+        let store = self.store().await;
+        datastorage::checkpoint::take_and_save(&self.client, &store, &self.checkpoint_config())
+            .await
+            .unwrap()
     }
 
     /// Base URL of the in-process operator's query API, e.g. `http://127.0.0.1:41234`.
