@@ -9,6 +9,7 @@
 //!   DataStorage controller.
 //! - [`store`]: PostgreSQL (migrations, the write transaction, verification, versions).
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
+//! - [`runtime`]: the shared application state (the published store runtime, own-write tracking, backoff).
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
 //!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
@@ -19,8 +20,10 @@ pub mod check;
 pub mod controller;
 pub mod crd;
 pub mod embed;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod rbac;
+pub mod runtime;
 pub mod store;

@@ -18,6 +18,7 @@ use crate::crd::TlsMode;
 pub mod batch;
 pub mod index;
 pub mod list;
+pub mod probe;
 pub mod search;
 pub mod versions;
 
@@ -463,7 +464,7 @@ impl Store {
     }
 }
 
-const DIMENSIONS: usize = 384;
+const DIMENSIONS: usize = crate::crd::VECTOR_DIMENSIONS;
 
 fn check_dims(e: &EmbeddingRow) -> Result<(), StoreError> {
     if e.vector.len() != DIMENSIONS {
