@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::controller::Context;
+use crate::runtime::Context;
 use crate::store::EmbeddingRow;
 
 const IDLE: Duration = Duration::from_secs(5);
@@ -36,7 +36,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = crate::controller::backoff_delay(failures).min(Duration::from_secs(60));
+                let delay = crate::runtime::backoff_delay(failures).min(Duration::from_secs(60));
                 warn!(error = %e, ?delay, "embedding backfill failed; retrying");
                 tokio::time::sleep(delay).await;
             }

@@ -14,7 +14,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::controller::{Context, MANAGER};
+use crate::controller::MANAGER;
+use crate::runtime::Context;
 use crate::store::checkpoint::{Checkpoint, CheckpointKey, CheckpointReport};
 use crate::store::{Store, StoreError};
 

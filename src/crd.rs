@@ -40,7 +40,9 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Embedded","type":"string","jsonPath":".status.embedding"}"#,
     printcolumn = r#"{"name":"Audit-ID","type":"integer","jsonPath":".status.auditId"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    selectable = ".status.state"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationAuditSpec {
@@ -248,7 +250,8 @@ pub struct Condition {
     printcolumn = r#"{"name":"PostgreSQL","type":"string","jsonPath":".status.postgresVersion"}"#,
     printcolumn = r#"{"name":"pgvector","type":"string","jsonPath":".status.pgvectorVersion"}"#,
     printcolumn = r#"{"name":"Schema","type":"integer","jsonPath":".status.schemaVersion"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Conditions","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataStorageSpec {
@@ -357,8 +360,12 @@ impl Default for VectorIndexSpec {
     }
 }
 
+/// Dimensions of the stored vectors: the `vector(384)` column of the migrations, the CRD's default
+/// `vectorIndex.dimensions` and the only value the store accepts today (all-MiniLM-L6-v2).
+pub const VECTOR_DIMENSIONS: usize = 384;
+
 fn default_dimensions() -> i32 {
-    384
+    VECTOR_DIMENSIONS as i32
 }
 fn default_m() -> i32 {
     16
@@ -605,7 +612,8 @@ pub struct DataStorageStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `DatabaseReachable`, `VersionsSupported`, `SchemaReady`, `IndexReady`, `MemoryAdequate`, `EmbeddingReady`.
+    /// `DatabaseReachable`, `VersionsSupported`, `SchemaReady`, `IndexReady`, `MemoryAdequate`, `EmbeddingReady`,
+    /// and `Ready` summarizing them (True in phase Ready; otherwise its message names the failing conditions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -1,6 +1,6 @@
 //! The operations endpoints, on their own port: `/metrics`, `/healthz` (the process serves), `/readyz` (the
-//! DataStorage is Ready for writes and the database answers through the pool within 2 s — so an exhausted pool,
-//! where writes wait too, reads not ready).
+//! DataStorage is Ready for writes, the leader's RemediationAudit watch is not failing, and the database answers
+//! through the pool within 2 s — so an exhausted pool, where writes wait too, reads not ready).
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::controller::Context;
+use crate::runtime::Context;
 
 pub fn ops_router(ctx: Arc<Context>) -> Router {
     Router::new()
@@ -55,6 +55,18 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
     };
     if let Err(msg) = &rt.writable {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n"));
+    }
+    if let Some(failing) = ctx
+        .watch_failing_for()
+        .filter(|d| *d >= crate::runtime::WATCH_FAILING_UNREADY)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the RemediationAudit watch has been failing for {}s (see datastorage_watch_errors_total)\n",
+                failing.as_secs()
+            ),
+        );
     }
     match tokio::time::timeout(std::time::Duration::from_secs(2), rt.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),

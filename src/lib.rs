@@ -10,6 +10,7 @@
 //! - [`store`]: PostgreSQL (migrations, the write transaction, verification, versions).
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
 //! - [`checkpoint`]: signed chain-head checkpoints kept outside PostgreSQL (a ConfigMap), and the leader's loop.
+//! - [`runtime`]: the shared application state (the published store runtime, own-write tracking, backoff).
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
 //!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
@@ -21,8 +22,10 @@ pub mod checkpoint;
 pub mod controller;
 pub mod crd;
 pub mod embed;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod rbac;
+pub mod runtime;
 pub mod store;

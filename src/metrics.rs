@@ -105,6 +105,17 @@ pub struct Metrics {
     pub audits_rejected: IntCounter,
     /// `datastorage_build_info{version,git_commit}`: always 1.
     pub build_info: IntGaugeVec,
+    /// `datastorage_watch_errors_total`: failed list/watch requests of the RemediationAudit watch.
+    pub watch_errors: IntCounter,
+    /// `datastorage_undecodable_objects_total`: RemediationAudits the operator could not decode (rejected by name).
+    pub undecodable_objects: IntCounter,
+    /// `datastorage_prepare_total`: runs of the validate → sanitize → record step.
+    pub prepare_total: IntCounter,
+    /// `datastorage_embedding_recheck_total{result}`: looks at a persisted audit whose vector was missing
+    /// (`result` = stored | pending | unavailable | disabled | missing | failed).
+    pub embedding_recheck: IntCounterVec,
+    /// `datastorage_events_dropped_total`: Kubernetes Events not published because they were over the rate limit.
+    pub events_dropped: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -238,6 +249,29 @@ impl Metrics {
                 "RemediationAudits in the leader's watch cache not yet Persisted or Rejected for their current \
                  generation, or awaiting their finalizer (0 on other replicas and until the cache is synced)",
             )?,
+            watch_errors: IntCounter::new(
+                "datastorage_watch_errors_total",
+                "Failed list or watch requests of the RemediationAudit watch (readiness fails while they persist)",
+            )?,
+            undecodable_objects: IntCounter::new(
+                "datastorage_undecodable_objects_total",
+                "RemediationAudits that could not be decoded (e.g. nested too deep) and were rejected by name",
+            )?,
+            prepare_total: IntCounter::new(
+                "datastorage_prepare_total",
+                "Runs of validate, sanitize and canonical record (one per generation written)",
+            )?,
+            embedding_recheck: IntCounterVec::new(
+                Opts::new(
+                    "datastorage_embedding_recheck_total",
+                    "Rechecks of persisted audits whose vector was missing, by result",
+                ),
+                &["result"],
+            )?,
+            events_dropped: IntCounter::new(
+                "datastorage_events_dropped_total",
+                "Kubernetes Events not published because they were over the rate limit",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.write_total.clone()))?;
@@ -273,6 +307,12 @@ impl Metrics {
             .with_label_values(&[VERSION, GIT_COMMIT])
             .set(1);
         m.preinitialise();
+        m.registry.register(Box::new(m.watch_errors.clone()))?;
+        m.registry
+            .register(Box::new(m.undecodable_objects.clone()))?;
+        m.registry.register(Box::new(m.prepare_total.clone()))?;
+        m.registry.register(Box::new(m.embedding_recheck.clone()))?;
+        m.registry.register(Box::new(m.events_dropped.clone()))?;
         Ok(m)
     }
 

@@ -10,8 +10,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
 use crate::controller::datastorage::DsContext;
-use crate::controller::{Context, audit, datastorage};
+use crate::controller::{audit, datastorage};
 use crate::metrics::Metrics;
+use crate::runtime::Context;
 
 pub struct Options {
     /// Name of the cluster-scoped DataStorage to serve.

@@ -41,16 +41,16 @@ const GROUP: &str = "datastorage.kubernaut.ai";
 
 /// Every permission the operator uses. Keep sorted by scope, group, resource.
 pub const REQUIRED: &[Permission] = &[
-    // controller/audit.rs: `Controller::new(Api<RemediationAudit>, ..)` (list + watch, all namespaces unless
-    // `--namespace`); finalizer and TTL annotation patches (`api.patch`), TTL expiry (`api.delete`); the query API
-    // reads single audits (`get`).
+    // controller/audit.rs: `Controller::for_stream(watcher(Api<AuditObject>, ..))` (list + watch, all namespaces
+    // unless `--namespace`); controller/audit/apply.rs: finalizer and TTL annotation patches (`api.patch`), TTL
+    // expiry (`api.delete`); the query API reads single audits (`get`).
     p(
         GROUP,
         "remediationaudits",
         &["delete", "get", "list", "patch", "watch"],
         Scope::Cluster,
     ),
-    // controller/audit.rs `set_status`: `api.patch_status`.
+    // controller/audit/apply.rs `set_status`: `api.patch_status`.
     p(
         GROUP,
         "remediationaudits/status",
@@ -89,7 +89,15 @@ pub const REQUIRED: &[Permission] = &[
         &["create", "get", "patch"],
         Scope::ReleaseNamespace,
     ),
-    // controller/datastorage.rs `read_secret`: `Api<Secret>::namespaced(..).get_opt(name)` for the database URL,
+    // events.rs: kube-runtime's `Recorder::publish` creates an Event in the audit's namespace, then patches it to
+    // count repeats (series).
+    p(
+        "events.k8s.io",
+        "events",
+        &["create", "patch"],
+        Scope::Cluster,
+    ),
+    // controller/datastorage/steps.rs `read_secret`: `Api<Secret>::namespaced(..).get_opt(name)` for the database URL,
     // the embedding API key and the Redis URL. The chart only grants this in the release namespace, so every
     // Secret a DataStorage references must live there.
     p("", "secrets", &["get"], Scope::ReleaseNamespace),

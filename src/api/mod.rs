@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::record::ChainCheck;
-use crate::controller::{Context, StoreRuntime};
+use crate::runtime::{Context, StoreRuntime};
 use crate::store::search::SearchParams;
 use auth::{Auth, FORWARDED_TOKEN_HEADER, Scope, User};
 use params::SearchQuery;

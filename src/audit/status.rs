@@ -27,6 +27,8 @@ pub enum Outcome {
         reason: &'static str,
         message: String,
     },
+    /// A persisted generation's vector state changed (found stored, or the provider changed); nothing else does.
+    Embedded(EmbeddingState),
 }
 
 /// Computes the new status from the previous one, the object's generation and the outcome.
@@ -63,22 +65,7 @@ pub fn compute(
         } => {
             set("Validated", true, "Valid", "all rules passed");
             set("Persisted", true, "Stored", "stored with its history entry");
-            let (embedded, reason, msg) = match embedding {
-                EmbeddingState::Stored => (true, "Stored", "vector stored"),
-                EmbeddingState::Pending => (
-                    false,
-                    "Pending",
-                    "stored without its vector; the backfill adds it",
-                ),
-                EmbeddingState::Unavailable => {
-                    (false, "Unavailable", "no embedding provider is available")
-                }
-                EmbeddingState::Disabled => (
-                    false,
-                    "Disabled",
-                    "embeddings are disabled in the DataStorage",
-                ),
-            };
+            let (embedded, reason, msg) = embedded_condition(*embedding);
             set("Embedded", embedded, reason, msg);
             let mut message = "stored".to_string();
             if *redactions > 0 {
@@ -120,6 +107,14 @@ pub fn compute(
                 ..prev.clone()
             }
         }
+        Outcome::Embedded(embedding) => {
+            let (embedded, reason, msg) = embedded_condition(*embedding);
+            set("Embedded", embedded, reason, msg);
+            RemediationAuditStatus {
+                embedding: Some(*embedding),
+                ..prev.clone()
+            }
+        }
         Outcome::Retrying { reason, message } => {
             set("Validated", true, "Valid", "all rules passed");
             set("Persisted", false, reason, message);
@@ -136,6 +131,24 @@ pub fn compute(
 }
 
 /// Inserts or replaces a condition by type, keeping `lastTransitionTime` when the status did not change.
+/// The `Embedded` condition for an embedding state: (status, reason, message).
+fn embedded_condition(embedding: EmbeddingState) -> (bool, &'static str, &'static str) {
+    match embedding {
+        EmbeddingState::Stored => (true, "Stored", "vector stored"),
+        EmbeddingState::Pending => (
+            false,
+            "Pending",
+            "stored without its vector; the backfill adds it",
+        ),
+        EmbeddingState::Unavailable => (false, "Unavailable", "no embedding provider is available"),
+        EmbeddingState::Disabled => (
+            false,
+            "Disabled",
+            "embeddings are disabled in the DataStorage",
+        ),
+    }
+}
+
 pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == new.type_) {
         if existing.status == new.status {
@@ -147,7 +160,6 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     }
 }
 
-/// `length_exceeded` → `LengthExceeded` (condition reasons are CamelCase).
 /// Whether this status rejects its generation only because another audit of the same (clusterName, namespace)
 /// holds its remediationRequestId. Unlike other rejections, that one is tried again (the holder may go away).
 pub fn rejected_as_duplicate(status: &RemediationAuditStatus) -> bool {
@@ -157,6 +169,7 @@ pub fn rejected_as_duplicate(status: &RemediationAuditStatus) -> bool {
         })
 }
 
+/// `length_exceeded` → `LengthExceeded` (condition reasons are CamelCase).
 fn reason_camel(snake: &str) -> String {
     snake
         .split('_')

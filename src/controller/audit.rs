@@ -1,44 +1,51 @@
-//! The RemediationAudit controller: one audit's journey from the API server to PostgreSQL, top to bottom.
+//! The RemediationAudit controller: one audit's journey from the API server to PostgreSQL.
 //!
-//! 1. A malformed object (one that does not even deserialize) is marked `Rejected` and left until it changes.
-//! 2. Deletion: the finalizer records `deleted_at` on the stored audit (never deletes it), then lets go.
+//! Each reconcile gathers the facts (the cached object, the current store runtime, this replica's own writes),
+//! asks the pure [`decide`](decide::decide) what to do next, runs that one step and writes the result through the
+//! one place that writes to the resource ([`apply`]):
+//!
+//! 1. An object that does not decode (see [`object`]) is rejected by name and left until it changes.
+//! 2. Deletion: the finalizer records `deleted_at` on the stored audit (never deletes it), then lets go; only the
+//!    operator's own TTL deletion, proven against the store, is not recorded.
 //! 3. Nothing to do when the observed generation is already settled.
-//! 4. `prepare` (pure): validate → sanitize → canonical record, content hash, embedding text.
-//! 5. Embed within the time budget (cache hit or fast model); on failure or timeout the row goes alone.
-//! 6. Write one transaction (current row, history entry with hash chain, vector when ready).
-//! 7. Status by server-side apply, only when it changed; database errors → `Retrying` with exponential backoff.
-//! 8. Optionally delete the CR once it has been persisted for `retention.crTtlAfterPersisted`.
+//! 4. [`write`](write::write): `prepare` (pure: validate → sanitize → canonical record, content hash, embedding
+//!    text), embed within the time budget, one transaction (current row, history entry with hash chain, vector
+//!    when ready). It returns what happened; the status follows from it.
+//! 5. A persisted audit whose vector is missing is rechecked from the stored row alone, never re-prepared.
+//! 6. Optionally delete the CR once it has been persisted for `retention.crTtlAfterPersisted`.
+
+pub mod apply;
+pub mod decide;
+pub mod object;
+pub mod write;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
-use futures::{StreamExt, TryStreamExt};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::{Context, MANAGER, StoreRuntime};
-use crate::audit::status::{self, Outcome};
+use crate::audit::AuditMeta;
+use crate::audit::status::Outcome;
 use crate::audit::validate::{FieldError, Reason};
-use crate::audit::{AuditMeta, Prepared, prepare};
-use crate::crd::{AuditState, EmbeddingState, RemediationAudit, RemediationAuditStatus};
-use crate::store::{EmbeddingRow, StoreError, StoredAudit, WriteOutcome};
+use crate::crd::{AuditState, EmbeddingState};
+use crate::runtime::{Context, StoreRuntime};
+use crate::store::StoreError;
+use apply::Target;
+use decide::{Decision, Facts, Next, ObjectView, RecordDeletion, StoreView};
+pub use object::AuditObject;
+use write::{Rechecked, Written};
 
 /// Finalizer that marks the stored audit deleted when its resource goes.
 pub const FINALIZER: &str = "datastorage.kubernaut.ai/audit";
 /// Set on a resource the operator deletes because its TTL after persistence passed.
 pub const EXPIRED_ANNOTATION: &str = "datastorage.kubernaut.ai/expired";
 const CONTROLLER: &str = "remediationaudit";
-/// How often a persisted audit whose vector is still pending is looked at again.
-const EMBEDDING_RECHECK: Duration = Duration::from_secs(15);
-/// How often an audit rejected as a duplicate is tried again (the holder may be deleted meanwhile).
-pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,11 +60,11 @@ pub enum Error {
 }
 
 /// The watch cache of the RemediationAudit controller.
-pub type AuditCache = Store<DeserializeGuard<RemediationAudit>>;
+pub type AuditCache = Store<AuditObject>;
 
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
-    let api: Api<DeserializeGuard<RemediationAudit>> = match &namespace {
+    let api: Api<AuditObject> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
@@ -69,17 +76,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     // swap picks it up; for settled objects it costs a cache read.
     let (reader, writer) = kube::runtime::reflector::store();
     let (relisted_tx, relisted) = futures::channel::mpsc::unbounded();
+    let health = ctx.clone();
     let objects = reflector(
         writer,
         watcher(api, watcher::Config::default().any_semantic()).modify(trim_for_cache),
     )
-    .inspect_ok(move |event| {
-        if matches!(event, watcher::Event::InitDone) {
+    .inspect(move |event| match event {
+        Ok(watcher::Event::InitDone) => {
+            health.note_watch_ok();
             let _ = relisted_tx.unbounded_send(());
+        }
+        Ok(_) => health.note_watch_ok(),
+        Err(e) => {
+            warn!(error = %e, "RemediationAudit watch failed; retrying");
+            health.note_watch_error();
         }
     })
     .applied_objects();
-    let _published = ctx.publish_audit_cache(reader.clone());
+    let depth = reader.clone();
+    let _published = ctx.publish_queue_depth(Box::new(move || queue_depth(&depth)));
+    let _health = WatchHealthReset(ctx.clone());
     Controller::for_stream(objects, reader)
         .reconcile_all_on(relisted)
         .shutdown_on_signal()
@@ -92,11 +108,35 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .await;
 }
 
+/// Forgets the watch's failures when the controller stops (or is aborted on losing the Lease): a replica that does
+/// not watch is not unready because of a watch it no longer runs.
+struct WatchHealthReset(Arc<Context>);
+
+impl Drop for WatchHealthReset {
+    fn drop(&mut self) {
+        self.0.note_watch_ok();
+    }
+}
+
+/// RemediationAudits still to settle (see [`is_settled`]); 0 until the cache is synced (before its first full
+/// list the cache is empty, not drained).
+fn queue_depth(cache: &AuditCache) -> usize {
+    use futures::FutureExt;
+    let synced = cache
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok());
+    if !synced {
+        return 0;
+    }
+    cache.state().iter().filter(|o| !is_settled(o)).count()
+}
+
 /// What the watch cache keeps of each RemediationAudit: everything the reconciler reads, without the server-side
 /// apply bookkeeping (`managedFields`: one entry per writer, each a parsed JSON tree of field names) and kubectl's
 /// last-applied copy of the object. Neither is read here; dropping them saved several KB of operator RSS per cached
 /// audit in the load test of tests/it/faults.rs (98.6 → 85.7 MB at 2,000 audits).
-pub fn trim_for_cache(obj: &mut DeserializeGuard<RemediationAudit>) {
+pub fn trim_for_cache(obj: &mut AuditObject) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
@@ -104,515 +144,323 @@ pub fn trim_for_cache(obj: &mut DeserializeGuard<RemediationAudit>) {
     }
 }
 
-/// Whether the controller has nothing left to do for this object: its current generation is `Persisted` or
-/// `Rejected` and it is not being deleted. (Malformed objects are rejected once and count as settled.)
-pub fn is_settled(obj: &DeserializeGuard<RemediationAudit>) -> bool {
-    let Ok(ra) = &obj.0 else {
-        return true;
-    };
-    if ra.meta().deletion_timestamp.is_some() {
-        return !ra.finalizers().iter().any(|f| f == FINALIZER);
+fn view(obj: &AuditObject) -> ObjectView<'_> {
+    match obj {
+        AuditObject::Audit(ra) => ObjectView {
+            meta: ra.meta(),
+            status: ra.status.as_ref(),
+            undecodable: None,
+        },
+        AuditObject::Undecodable(u) => ObjectView {
+            meta: &u.metadata,
+            status: u.status.as_ref(),
+            undecodable: Some(&u.error),
+        },
     }
-    ra.status.as_ref().is_some_and(|s| {
-        s.observed_generation == ra.meta().generation
+}
+
+/// Whether the controller has nothing left to do for this object: its current generation is `Persisted` or
+/// `Rejected` and it is not being deleted (an object waiting for its finalizer is not settled).
+pub fn is_settled(obj: &AuditObject) -> bool {
+    let v = view(obj);
+    if v.meta.deletion_timestamp.is_some() {
+        return !obj.finalizers().iter().any(|f| f == FINALIZER);
+    }
+    v.status.is_some_and(|s| {
+        s.observed_generation == v.meta.generation
             && matches!(s.state, Some(AuditState::Persisted | AuditState::Rejected))
     })
 }
 
 /// One reconcile of one object.
-pub async fn reconcile(
-    obj: Arc<DeserializeGuard<RemediationAudit>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<AuditObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     super::instrumented(&ctx.metrics, CONTROLLER, reconcile_inner(&obj, &ctx)).await
 }
 
-async fn reconcile_inner(
-    obj: &DeserializeGuard<RemediationAudit>,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    // 1. Malformed objects.
-    let ra = match &obj.0 {
-        Ok(ra) => ra,
-        Err(invalid) => return reject_malformed(invalid, ctx).await,
-    };
-    let namespace = ra.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<RemediationAudit> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = format!("{namespace}/{}", ra.name_any());
-
-    // 2. Deletion.
-    if ra.meta().deletion_timestamp.is_some() {
-        return finalize(ra, &api, ctx).await;
-    }
-    // A cached object older than this replica's own last status write: the newer version (and its event) is on
-    // its way; reconciling this one would write the same generation and status a second time.
-    if let Some(uid) = ra.uid()
-        && ctx.behind_own_write(&uid, ra.resource_version().as_deref())
-    {
-        debug!(audit = %key, "the cache is behind this replica's own write; waiting for the newer version");
+async fn reconcile_inner(obj: &AuditObject, ctx: &Context) -> Result<Action, Error> {
+    let Some(target) = Target::new(ctx, obj) else {
         return Ok(Action::await_change());
+    };
+    let rt = ctx.current_runtime();
+    let meta = obj.meta();
+    let behind_own_write = meta
+        .uid
+        .as_deref()
+        .is_some_and(|uid| ctx.behind_own_write(uid, meta.resource_version.as_deref()));
+    let Decision {
+        add_finalizer,
+        next,
+    } = decide::decide(&Facts {
+        object: view(obj),
+        store: rt.as_deref().map(StoreView::of),
+        behind_own_write,
+        now: Utc::now(),
+    });
+    if next == Next::Wait && behind_own_write {
+        debug!(audit = %target.key(), "the cache is behind this replica's own write; waiting for the newer version");
     }
-    // Without our finalizer this is the object's first reconcile: nothing of it can be stored yet.
-    let seen_before = ra.finalizers().iter().any(|f| f == FINALIZER);
-    if !seen_before {
-        add_finalizer(ra, &api).await?;
+    if add_finalizer {
+        apply::add_finalizer(&target).await?;
     }
-
-    // 3. Already settled?
-    let generation = ra.meta().generation;
-    let current = ra.status.as_ref();
-    if let Some(s) = current
-        && s.observed_generation == generation
-    {
-        match s.state {
-            // A duplicate remediationRequestId is looked at again (its holder may have gone); other rejections
-            // wait for a spec change.
-            Some(AuditState::Rejected) if !status::rejected_as_duplicate(s) => {
-                return Ok(Action::await_change());
-            }
-            Some(AuditState::Persisted)
-                if !matches!(
-                    s.embedding,
-                    Some(EmbeddingState::Pending | EmbeddingState::Unavailable)
-                ) =>
-            {
-                return after_persisted(ra, &api, ctx).await;
-            }
-            _ => {}
-        }
-    }
-
-    let Some(rt) = ctx.current_runtime() else {
-        let msg = "the DataStorage is not ready yet (see `kubectl get dstore`)".to_string();
-        set_status(
-            ra,
-            &api,
-            ctx,
-            &Outcome::Retrying {
-                reason: "StoreNotReady",
-                message: msg.clone(),
-            },
-        )
-        .await?;
-        return Err(Error::NotReady(msg));
-    };
-    if let Err(msg) = &rt.writable {
-        set_status(
-            ra,
-            &api,
-            ctx,
-            &Outcome::Retrying {
-                reason: "StoreNotWritable",
-                message: msg.clone(),
-            },
-        )
-        .await?;
-        return Err(Error::NotReady(msg.clone()));
-    }
-
-    // 4. Validate and sanitize (pure).
-    let meta = AuditMeta {
-        uid: ra.uid().ok_or(Error::MissingMetadata("uid"))?,
-        namespace: namespace.clone(),
-        name: ra.name_any(),
-        generation: generation.unwrap_or(1),
-    };
-    let prepared = match prepare(&meta, &ra.spec, rt.sanitize, Utc::now()) {
-        Ok(p) => p,
-        Err(errors) => {
-            count_rejections(ctx, &errors);
-            set_status(ra, &api, ctx, &Outcome::Rejected { errors }).await?;
-            return Ok(Action::await_change());
-        }
-    };
-
-    // 5. Already stored? A reconcile that runs before the status of the write that stored this generation is seen
-    //    (the finalizer's own watch event, a pending-vector recheck) takes the stored audit instead of embedding
-    //    and writing again. (A failed lookup only means writing again: the write path handles replays.)
-    let already = if seen_before {
-        rt.store
-            .stored_audit(&meta.uid)
-            .await
-            .ok()
-            .flatten()
-            .filter(|s| s.generation >= meta.generation)
-    } else {
-        None
-    };
-    let prepared = Arc::new(prepared);
-    let outcome = match already {
-        Some(stored) => stored,
-        None => match embed_and_write(ra, &api, &rt, &prepared, ctx, &key).await? {
-            Some(stored) => stored,
-            None => return Ok(Action::requeue(DUPLICATE_RECHECK)),
-        },
-    };
-    ctx.reset_backoff(&key);
-
-    // 6. Status.
-    let embedding_state = match (
-        rt.embeddings_enabled,
-        &rt.embedder,
-        outcome.embedding_stored,
-    ) {
-        (_, _, true) => EmbeddingState::Stored,
-        (false, _, false) => EmbeddingState::Disabled,
-        (true, None, false) => EmbeddingState::Unavailable,
-        (true, Some(_), false) => EmbeddingState::Pending,
-    };
-    let persisted = Outcome::Persisted {
-        audit_id: outcome.audit_id,
-        content_hash: outcome.content_hash,
-        chain_hash: outcome.chain_hash,
-        persisted_at: outcome
-            .persisted_at
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-        embedding: embedding_state,
-        redactions: prepared.redactions.len(),
-        markup_removed: prepared.markup_removed,
-    };
-    set_status(ra, &api, ctx, &persisted).await?;
-    if matches!(
-        embedding_state,
-        EmbeddingState::Pending | EmbeddingState::Unavailable
-    ) {
-        return Ok(Action::requeue(EMBEDDING_RECHECK));
-    }
-    // 7. TTL.
-    after_persisted(ra, &api, ctx).await
+    let action = step(&target, next, rt.as_deref(), !add_finalizer, ctx).await?;
+    ctx.reset_backoff(&target.key());
+    Ok(action)
 }
 
-/// Embeds (within the runtime's budget) and writes one new generation. `None`: rejected as a duplicate (status
-/// already set).
-async fn embed_and_write(
-    ra: &RemediationAudit,
-    api: &Api<RemediationAudit>,
-    rt: &StoreRuntime,
-    prepared: &Arc<Prepared>,
+/// Runs the step `decide` chose.
+async fn step(
+    t: &Target<'_>,
+    next: Next,
+    rt: Option<&StoreRuntime>,
+    seen_before: bool,
     ctx: &Context,
-    key: &str,
-) -> Result<Option<StoredAudit>, Error> {
-    // Embed within the budget.
-    let embedding = embed_in_budget(rt, prepared, ctx).await;
-    let has_vector = embedding.is_some();
-
-    // One transaction.
-    let timer = ctx
-        .metrics
-        .write_duration
-        .with_label_values(&["audits"])
-        .start_timer();
-    // (Group commit: audits reconciled at the same time share one transaction; see store::batch.)
-    let written = rt.writer.write(prepared.clone(), embedding).await;
-    timer.observe_duration();
-    Ok(Some(match written {
-        Err(e) => {
-            ctx.metrics
-                .write_total
-                .with_label_values(&["audits", "failure"])
-                .inc();
-            warn!(audit = %key, error = %e, "write failed; will retry");
-            set_status(
-                ra,
-                api,
+) -> Result<Action, Error> {
+    let not_ready = || Error::NotReady("the DataStorage is not ready".into());
+    match next {
+        Next::Wait => Ok(Action::await_change()),
+        Next::RequeueAfter(d) => Ok(Action::requeue(d)),
+        Next::RejectUndecodable => reject_undecodable(t, ctx).await,
+        Next::DeferDeletion => Err(Error::NotReady(
+            "cannot record the deletion: the DataStorage is not ready".into(),
+        )),
+        Next::Finalize(record) => finalize(t, record, rt).await,
+        Next::Retry { reason, message } => {
+            apply::set_status(
+                t,
                 ctx,
                 &Outcome::Retrying {
-                    reason: "DatabaseError",
-                    message: e.to_string(),
+                    reason,
+                    message: message.clone(),
                 },
             )
             .await?;
-            return Err(Error::Store(e));
+            Err(Error::NotReady(message))
         }
-        Ok(WriteOutcome::Duplicate { namespace, name }) => {
-            let errors = vec![FieldError::new(
-                "remediationRequestId",
-                Reason::Duplicate,
-                format!(
-                    "{:?} is already stored for RemediationAudit {namespace}/{name}",
-                    prepared.record.remediation_request_id
-                ),
-            )];
-            // Counted once, not at every re-evaluation of the same generation.
-            let again = ra.status.as_ref().is_some_and(|s| {
-                s.observed_generation == ra.meta().generation && status::rejected_as_duplicate(s)
-            });
-            if !again {
-                count_rejections(ctx, &errors);
-            }
-            set_status(ra, api, ctx, &Outcome::Rejected { errors }).await?;
-            return Ok(None);
+        Next::Write => write_current(t, rt.ok_or_else(not_ready)?, seen_before, ctx).await,
+        Next::RecheckEmbedding => recheck(t, rt.ok_or_else(not_ready)?, ctx).await,
+        Next::Expire => {
+            apply::expire(t).await?;
+            Ok(Action::await_change())
         }
-        Ok(WriteOutcome::Stored(stored)) => {
-            record_write(ctx, prepared, has_vector, true);
-            info!(audit = %key, id = stored.audit_id, generation = stored.generation, "stored");
-            stored
-        }
-        Ok(WriteOutcome::Unchanged(stored)) => {
-            ctx.metrics
-                .write_total
-                .with_label_values(&["audits", "unchanged"])
-                .inc();
-            stored
-        }
-    }))
-}
-
-/// Tries to get the audit's vector within the runtime's time budget. `None` means "store the row alone".
-///
-/// The embedding runs as its own task: when the budget runs out the row is stored alone, but the vector is still
-/// computed and lands in the embedding cache, where the backfill finds it instead of computing it again.
-async fn embed_in_budget(
-    rt: &StoreRuntime,
-    prepared: &Prepared,
-    ctx: &Context,
-) -> Option<EmbeddingRow> {
-    let embedder = rt.embedder.clone()?;
-    ctx.note_write_embedding();
-    let texts = [prepared.embedding_text.clone()];
-    let model_id = embedder.model_id().to_string();
-    let task = tokio::spawn(async move { embedder.embed(&texts).await });
-    let reason = match tokio::time::timeout(rt.embed_timeout, task).await {
-        Ok(Ok(Ok(mut vectors))) if vectors.len() == 1 => {
-            let vector = vectors.pop().unwrap_or_default();
-            return Some(EmbeddingRow { model_id, vector });
-        }
-        Ok(Ok(Ok(_))) => "provider_error",
-        Ok(Ok(Err(e))) => {
-            debug!(error = %e, "embedding failed; storing the row alone");
-            "provider_error"
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "embedding task failed; storing the row alone");
-            "provider_error"
-        }
-        Err(_) => "timeout",
-    };
-    ctx.metrics.count_row_only(reason);
-    None
-}
-
-fn record_write(ctx: &Context, prepared: &Prepared, has_vector: bool, stored: bool) {
-    let m = &ctx.metrics;
-    m.write_total
-        .with_label_values(&["audits", "success"])
-        .inc();
-    m.write_total
-        .with_label_values(&["audit_history", "success"])
-        .inc();
-    if has_vector && stored {
-        m.write_total
-            .with_label_values(&["audit_embeddings", "success"])
-            .inc();
-        m.dualwrite_success.inc();
-    }
-    for r in &prepared.redactions {
-        m.redactions.with_label_values(&[r.kind.as_str()]).inc();
     }
 }
 
-fn count_rejections(ctx: &Context, errors: &[FieldError]) {
-    ctx.metrics
-        .count_rejection(errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())));
-}
-
-/// Applies the status computed for `outcome`, unless it equals the current one.
-/// Applies the status computed for `outcome`, unless it equals the current one, and remembers the version it
-/// produced (see [`Context::behind_own_write`]).
-async fn set_status(
-    ra: &RemediationAudit,
-    api: &Api<RemediationAudit>,
-    ctx: &Context,
-    outcome: &Outcome,
-) -> Result<(), Error> {
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-    let new = status::compute(ra.status.as_ref(), ra.meta().generation, outcome, &now);
-    if ra.status.as_ref() == Some(&new) {
-        return Ok(());
-    }
-    let written = apply_status(api, &ra.name_any(), &new).await?;
-    if let Some(uid) = ra.uid() {
-        ctx.note_own_write(&uid, written.resource_version().as_deref());
-    }
-    Ok(())
-}
-
-async fn apply_status(
-    api: &Api<RemediationAudit>,
-    name: &str,
-    status: &RemediationAuditStatus,
-) -> Result<RemediationAudit, Error> {
-    let patch = json!({
-        "apiVersion": "datastorage.kubernaut.ai/v1alpha1",
-        "kind": "RemediationAudit",
-        "status": status,
-    });
-    Ok(api
-        .patch_status(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?)
-}
-
-/// An object whose spec does not deserialize: reject it once, wait for a change.
-async fn reject_malformed(
-    invalid: &kube::core::error_boundary::InvalidObject,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    let (Some(ns), Some(name)) = (
-        invalid.metadata.namespace.as_deref(),
-        invalid.metadata.name.as_deref(),
-    ) else {
+/// An object that does not decode: reject it by name, wait for a change.
+async fn reject_undecodable(t: &Target<'_>, ctx: &Context) -> Result<Action, Error> {
+    let AuditObject::Undecodable(u) = t.obj else {
         return Ok(Action::await_change());
     };
+    ctx.metrics.undecodable_objects.inc();
+    warn!(audit = %t.key(), error = %u.error, "rejecting a RemediationAudit that cannot be decoded");
     let errors = vec![FieldError::new(
         "spec",
         Reason::Invalid,
-        format!("does not match the schema: {}", invalid.error),
+        format!("cannot be decoded: {}", u.error),
     )];
-    count_rejections(ctx, &errors);
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-    let status = status::compute(
-        None,
-        invalid.metadata.generation,
-        &Outcome::Rejected { errors },
-        &now,
-    );
-    let api: Api<RemediationAudit> = Api::namespaced(ctx.client.clone(), ns);
-    apply_status(&api, name, &status).await?;
+    apply::set_status(t, ctx, &Outcome::Rejected { errors }).await?;
     Ok(Action::await_change())
 }
 
-async fn add_finalizer(ra: &RemediationAudit, api: &Api<RemediationAudit>) -> Result<(), Error> {
-    set_finalizers(
-        ra,
-        api,
-        ra.finalizers()
-            .iter()
-            .map(String::as_str)
-            .chain([FINALIZER])
-            .collect(),
-    )
-    .await
+/// Writes the current generation and sets the status from what the write did.
+async fn write_current(
+    t: &Target<'_>,
+    rt: &StoreRuntime,
+    seen_before: bool,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let AuditObject::Audit(ra) = t.obj else {
+        return Ok(Action::await_change());
+    };
+    let meta = AuditMeta {
+        uid: ra.uid().ok_or(Error::MissingMetadata("uid"))?,
+        namespace: ra.namespace().ok_or(Error::MissingMetadata("namespace"))?,
+        name: ra.name_any(),
+        generation: ra.meta().generation.unwrap_or(1),
+    };
+    let (outcome, failed) = match write::write(ra, &meta, rt, ctx, seen_before).await {
+        Written::Persisted {
+            stored,
+            embedding,
+            redactions,
+            markup_removed,
+        } => {
+            let persisted = Outcome::Persisted {
+                audit_id: stored.audit_id,
+                content_hash: stored.content_hash,
+                chain_hash: stored.chain_hash,
+                persisted_at: stored
+                    .persisted_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                embedding,
+                redactions,
+                markup_removed,
+            };
+            (persisted, None)
+        }
+        Written::Invalid(errors) => (Outcome::Rejected { errors }, None),
+        Written::Duplicate {
+            request_id,
+            holder_namespace,
+            holder_name,
+        } => (
+            duplicate(&request_id, &holder_namespace, &holder_name),
+            None,
+        ),
+        Written::Failed(e) => {
+            let retrying = Outcome::Retrying {
+                reason: "DatabaseError",
+                message: e.to_string(),
+            };
+            (retrying, Some(e))
+        }
+    };
+    apply::set_status(t, ctx, &outcome).await?;
+    if let Some(e) = failed {
+        return Err(Error::Store(e));
+    }
+    Ok(after_status(&outcome))
 }
 
-/// Replaces the finalizer list, conditional on the object's resourceVersion (a conflict retries the reconcile
-/// instead of clobbering someone else's change).
-async fn set_finalizers(
-    ra: &RemediationAudit,
-    api: &Api<RemediationAudit>,
-    finalizers: Vec<&str>,
-) -> Result<(), Error> {
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ra.resource_version() } });
-    match api
-        .patch(
-            &ra.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+/// The status of a duplicate `remediationRequestId`.
+fn duplicate(request_id: &str, holder_namespace: &str, holder_name: &str) -> Outcome {
+    Outcome::Rejected {
+        errors: vec![FieldError::new(
+            "remediationRequestId",
+            Reason::Duplicate,
+            // The holder is always in the audit's own namespace (uniqueness is per clusterName + namespace);
+            // its name is empty when it went away meanwhile (the next try stores this one).
+            if holder_name.is_empty() {
+                format!(
+                    "{request_id:?} is already stored for another RemediationAudit of {holder_namespace}"
+                )
+            } else {
+                format!(
+                    "{request_id:?} is already stored for RemediationAudit {holder_namespace}/{holder_name}"
+                )
+            },
+        )],
     }
 }
 
-async fn remove_finalizer(ra: &RemediationAudit, api: &Api<RemediationAudit>) -> Result<(), Error> {
-    set_finalizers(
-        ra,
-        api,
-        ra.finalizers()
-            .iter()
-            .map(String::as_str)
-            .filter(|f| *f != FINALIZER)
-            .collect(),
-    )
-    .await
+/// After a status write: a persisted audit still missing its vector is looked at again; anything else
+/// reconciles on its next event (the status write itself is one), where `decide` applies the TTL.
+fn after_status(outcome: &Outcome) -> Action {
+    match outcome {
+        Outcome::Persisted {
+            embedding: EmbeddingState::Pending | EmbeddingState::Unavailable,
+            ..
+        }
+        | Outcome::Embedded(EmbeddingState::Pending | EmbeddingState::Unavailable) => {
+            Action::requeue(decide::EMBEDDING_RECHECK)
+        }
+        Outcome::Rejected { errors } if errors.iter().any(|e| e.reason == Reason::Duplicate) => {
+            Action::requeue(decide::DUPLICATE_RECHECK)
+        }
+        _ => Action::await_change(),
+    }
 }
 
-/// The resource is being deleted: mark the stored audit (if any) deleted, then release the finalizer.
+/// A persisted audit whose vector was missing: the stored row says whether it arrived.
+async fn recheck(t: &Target<'_>, rt: &StoreRuntime, ctx: &Context) -> Result<Action, Error> {
+    let (uid, generation) = (t.obj.uid(), t.obj.meta().generation.unwrap_or(1));
+    let uid = uid.ok_or(Error::MissingMetadata("uid"))?;
+    match write::recheck_embedding(&uid, generation, rt, ctx).await {
+        Rechecked::Embedding(state) => {
+            let outcome = Outcome::Embedded(state);
+            apply::set_status(t, ctx, &outcome).await?;
+            Ok(after_status(&outcome))
+        }
+        Rechecked::Missing => write_current(t, rt, true, ctx).await,
+        Rechecked::Failed(e) => Err(Error::Store(e)),
+    }
+}
+
+/// The resource is being deleted: mark the stored audit deleted (unless told otherwise), release the finalizer.
 async fn finalize(
-    ra: &RemediationAudit,
-    api: &Api<RemediationAudit>,
-    ctx: &Context,
+    t: &Target<'_>,
+    record: RecordDeletion,
+    rt: Option<&StoreRuntime>,
 ) -> Result<Action, Error> {
-    if !ra.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
+    if record != RecordDeletion::No {
+        let rt = rt.ok_or_else(|| Error::NotReady("the DataStorage is not ready".into()))?;
+        let uid = t.obj.uid().ok_or(Error::MissingMetadata("uid"))?;
+        let skip = record == RecordDeletion::UnlessOwnTtl && own_ttl_deletion(t, &uid, rt).await?;
+        if skip {
+            debug!(audit = %t.key(), "the operator's own TTL deletion: not recorded as a user's");
+        } else {
+            rt.store.mark_deleted(&uid).await?;
+        }
     }
-    let never_stored = ra.status.as_ref().is_none_or(|s| s.audit_id.is_none());
-    let expired = ra
-        .annotations()
-        .get(EXPIRED_ANNOTATION)
-        .is_some_and(|v| v == "true");
-    if !never_stored && !expired {
-        let Some(rt) = ctx.current_runtime() else {
-            return Err(Error::NotReady(
-                "cannot record the deletion: the DataStorage is not ready".into(),
-            ));
-        };
-        let uid = ra.uid().ok_or(Error::MissingMetadata("uid"))?;
-        rt.store.mark_deleted(&uid).await?;
-    }
-    remove_finalizer(ra, api).await?;
+    apply::release_finalizer(t).await?;
     Ok(Action::await_change())
 }
 
-/// Persisted and settled: delete the resource when its TTL has passed (the stored audit stays, not marked
-/// deleted: only a user's deletion is recorded as one).
-async fn after_persisted(
-    ra: &RemediationAudit,
-    api: &Api<RemediationAudit>,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    let Some(ttl) = ctx.current_runtime().and_then(|rt| rt.cr_ttl) else {
-        return Ok(Action::await_change());
+/// Whether a deletion carrying the expiry annotation is the operator's own, by the store's `persisted_at`.
+async fn own_ttl_deletion(t: &Target<'_>, uid: &str, rt: &StoreRuntime) -> Result<bool, Error> {
+    let Some(stored) = rt.store.stored_audit(uid).await? else {
+        return Ok(false);
     };
-    let persisted_at = ra
-        .status
-        .as_ref()
-        .and_then(|s| s.persisted_at.as_deref())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    let Some(persisted_at) = persisted_at else {
-        return Ok(Action::await_change());
-    };
-    let age = Utc::now()
-        .signed_duration_since(persisted_at)
-        .to_std()
-        .unwrap_or_default();
-    if age < ttl {
-        return Ok(Action::requeue(ttl - age + Duration::from_millis(500)));
+    let deleted_at = t.obj.meta().deletion_timestamp.as_ref().and_then(|t| {
+        DateTime::<Utc>::from_timestamp(
+            t.0.as_second(),
+            u32::try_from(t.0.subsec_nanosecond()).ok()?,
+        )
+    });
+    let own = decide::own_ttl_deletion(stored.persisted_at, rt.cr_ttl, deleted_at);
+    if !own {
+        warn!(audit = %t.key(), "deleted with the expiry annotation before its TTL passed: recording the deletion");
     }
-    // Mark the deletion as ours first, so the finalizer knows not to record it as the user's.
-    let patch = json!({ "metadata": { "annotations": { EXPIRED_ANNOTATION: "true" } } });
-    api.patch(
-        &ra.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    match api.delete(&ra.name_any(), &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
-    info!(audit = %format!("{}/{}", ra.namespace().unwrap_or_default(), ra.name_any()), "deleted after TTL");
-    Ok(Action::await_change())
+    Ok(own)
 }
 
 /// Backoff on errors: 1 s doubling to 5 min per object.
-pub fn error_policy(
-    obj: Arc<DeserializeGuard<RemediationAudit>>,
-    err: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    let key = match &obj.0 {
-        Ok(ra) => format!("{}/{}", ra.namespace().unwrap_or_default(), ra.name_any()),
-        Err(inv) => format!("{:?}/{:?}", inv.metadata.namespace, inv.metadata.name),
-    };
+pub fn error_policy(obj: Arc<AuditObject>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    );
     let delay = ctx.backoff(&key);
     debug!(audit = %key, error = %err, ?delay, "retrying");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_vector_requeues_after_a_status() {
+        let persisted = |embedding| Outcome::Persisted {
+            audit_id: 1,
+            content_hash: String::new(),
+            chain_hash: String::new(),
+            persisted_at: String::new(),
+            embedding,
+            redactions: 0,
+            markup_removed: false,
+        };
+        let recheck = Action::requeue(decide::EMBEDDING_RECHECK);
+        assert_eq!(after_status(&persisted(EmbeddingState::Pending)), recheck);
+        assert_eq!(
+            after_status(&persisted(EmbeddingState::Unavailable)),
+            recheck
+        );
+        assert_eq!(
+            after_status(&Outcome::Embedded(EmbeddingState::Pending)),
+            recheck
+        );
+        assert_eq!(
+            after_status(&persisted(EmbeddingState::Stored)),
+            Action::await_change()
+        );
+        assert_eq!(
+            after_status(&Outcome::Embedded(EmbeddingState::Stored)),
+            Action::await_change()
+        );
+        assert_eq!(
+            after_status(&duplicate("rr", "ns", "a")),
+            Action::await_change()
+        );
+    }
 }

@@ -370,7 +370,7 @@ impl Store {
             .keys()
             .chain(found.keys())
             .copied()
-            .filter(|b| b * size <= last && b * size + size - 1 >= first)
+            .filter(|b| b * size <= last && b * size + size > first)
             .collect();
         for b in buckets {
             if checkpoint.buckets.get(&b) != found.get(&b) {

@@ -3,7 +3,7 @@
 //! then a rename, which takes only a lock that does not conflict with inserts).
 
 use super::{Store, StoreError};
-use crate::crd::{VectorElementType, VectorIndexSpec, VectorMetric};
+use crate::crd::{VECTOR_DIMENSIONS, VectorElementType, VectorIndexSpec, VectorMetric};
 
 pub const INDEX_NAME: &str = "audit_embeddings_hnsw_idx";
 const BUILD_NAME: &str = "audit_embeddings_hnsw_build";
@@ -35,9 +35,9 @@ impl IndexParams {
                 spec.ef_construction
             ));
         }
-        if spec.dimensions != 384 {
+        if usize::try_from(spec.dimensions).ok() != Some(VECTOR_DIMENSIONS) {
             return Err(format!(
-                "dimensions {} are not supported yet (the store holds 384)",
+                "dimensions {} are not supported yet (the store holds {VECTOR_DIMENSIONS})",
                 spec.dimensions
             ));
         }
@@ -51,9 +51,9 @@ impl IndexParams {
     /// `CREATE INDEX CONCURRENTLY` statement for these parameters under `name`.
     pub fn create_sql(&self, name: &str) -> String {
         let column = if self.halfvec {
-            "((embedding::halfvec(384)) halfvec_cosine_ops)"
+            format!("((embedding::halfvec({VECTOR_DIMENSIONS})) halfvec_cosine_ops)")
         } else {
-            "(embedding vector_cosine_ops)"
+            "(embedding vector_cosine_ops)".to_string()
         };
         format!(
             "CREATE INDEX CONCURRENTLY {name} ON audit_embeddings USING hnsw {column} WITH (m = {}, ef_construction = {})",

@@ -19,6 +19,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod index;
 pub mod list;
+pub mod probe;
 pub mod search;
 pub mod versions;
 
@@ -544,7 +545,7 @@ impl Store {
     }
 }
 
-const DIMENSIONS: usize = 384;
+const DIMENSIONS: usize = crate::crd::VECTOR_DIMENSIONS;
 
 fn check_dims(e: &EmbeddingRow) -> Result<(), StoreError> {
     if e.vector.len() != DIMENSIONS {

@@ -168,6 +168,8 @@ macro_rules! search_sql {
     };
 }
 const SEARCH_VECTOR: &str = search_sql!("e.embedding <=> $1");
+/// (The cast's dimensions are [`crate::crd::VECTOR_DIMENSIONS`]; a literal because the statement is a const. A
+/// test checks they agree.)
 const SEARCH_HALFVEC: &str = search_sql!("e.embedding::halfvec(384) <=> $1::halfvec(384)");
 
 fn hit(r: &sqlx::postgres::PgRow) -> Result<SearchHit, StoreError> {
@@ -187,4 +189,15 @@ fn hit(r: &sqlx::postgres::PgRow) -> Result<SearchHit, StoreError> {
         start_time: r.try_get("start_time")?,
         error_message: r.try_get("error_message")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_halfvec_cast_has_the_store_dimensions() {
+        let cast = format!("halfvec({})", crate::crd::VECTOR_DIMENSIONS);
+        let casts = super::SEARCH_HALFVEC.matches("halfvec(").count();
+        assert!(casts > 0);
+        assert_eq!(super::SEARCH_HALFVEC.matches(&cast).count(), casts);
+    }
 }

@@ -120,7 +120,7 @@ fn held_series(exposition: &str) -> Vec<Value> {
         .map(|l| {
             let (series, value) = l.rsplit_once(' ').unwrap();
             let series = match series.split_once('{') {
-                Some((name, rest)) if rest == "}" => format!("{name}{{{target}}}"),
+                Some((name, "}")) => format!("{name}{{{target}}}"),
                 Some((name, rest)) => format!("{name}{{{target},{rest}"),
                 None => format!("{series}{{{target}}}"),
             };
@@ -144,6 +144,7 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
             api_addr: "127.0.0.1:0".parse().unwrap(),
             model_dir: None,
             leader_election: None,
+            checkpoint: None,
         },
     )
     .await

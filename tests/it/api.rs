@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::support::kube::{TestEnv, audit_yaml, eventually, kubeconfig, kubectl, kubectl_path};
 use chrono::{DateTime, TimeZone, Utc};
 use datastorage::audit::{AuditMeta, SanitizeConfig, prepare};
-use datastorage::controller::StoreRuntime;
 use datastorage::crd::{AuditOutcome, AuditPhase, RemediationAuditSpec};
+use datastorage::runtime::StoreRuntime;
 use datastorage::store::{AuditWrite, EmbeddingRow, Store, WriteOutcome};
 use serde_json::{Value, json};
 

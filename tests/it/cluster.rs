@@ -150,10 +150,12 @@ async fn wait_ready(client: &Client, n: usize, image: Option<&str>, timeout: Dur
         let all = operator_pods(client).await;
         let holder = lease_holder(client).await;
         let images_ok = image.is_none_or(|i| all.iter().all(|p| pod_image(p) == i));
-        if pods.len() == n && all.len() == n && images_ok {
-            if let Some(h) = holder.filter(|h| pods.iter().any(|p| p.name_any() == *h)) {
-                return h;
-            }
+        if pods.len() == n
+            && all.len() == n
+            && images_ok
+            && let Some(h) = holder.filter(|h| pods.iter().any(|p| p.name_any() == *h))
+        {
+            return h;
         }
         assert!(
             start.elapsed() < timeout,

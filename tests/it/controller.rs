@@ -105,6 +105,23 @@ async fn invalid_audit_is_rejected_naming_the_field() {
         .find(|c| c["type"] == "Validated")
         .unwrap();
     assert_eq!(validated["status"], "False");
+    // A Warning Event names the rule, for `kubectl describe` and `kubectl get events`.
+    let note = eventually(WAIT, "a Warning Event Rejected", || async {
+        let out = env.kubectl(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=bad-1,type=Warning,reason=Rejected",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+            None,
+        );
+        (!out.trim().is_empty()).then_some(out)
+    })
+    .await;
+    assert!(note.contains("spec.actionType"), "{note}");
     let store = env.store().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audits")
         .fetch_one(store.pool())
@@ -411,4 +428,51 @@ spec:
         None,
     );
     assert_eq!(ours, "True");
+}
+
+/// A tenant who sets the operator's expiry annotation and then deletes does not hide the deletion: only the
+/// operator's own TTL deletion (the TTL had passed by the store's `persisted_at`) goes unrecorded. Failed before
+/// the fix (the annotation alone skipped the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_expiry_annotation_does_not_hide_a_deletion() {
+    let env = TestEnv::with(
+        "forged",
+        EnvOptions {
+            spec_extra:
+                "  embedding:\n    provider: Hash\n  retention:\n    crTtlAfterPersisted: 1h\n"
+                    .into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("forged", "rr-forged-1", "")),
+    );
+    let obj = env.wait_state("forged", "Persisted", WAIT).await;
+    let id = obj["status"]["auditId"].as_i64().unwrap();
+    env.kubectl(
+        &[
+            "annotate",
+            "raudit",
+            "forged",
+            "datastorage.kubernaut.ai/expired=true",
+        ],
+        None,
+    );
+    env.kubectl(
+        &["delete", "raudit", "forged", "--wait=true", "--timeout=60s"],
+        None,
+    );
+    let store = env.store().await;
+    let deleted: bool =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM audits WHERE id = $1")
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(
+        deleted,
+        "a tenant's deletion before the TTL was hidden by the annotation"
+    );
 }

@@ -119,7 +119,15 @@ fn remediation_audit_crd_shape() {
         .collect();
     assert_eq!(
         columns,
-        ["Phase", "Outcome", "State", "Embedded", "Audit-ID", "Age"]
+        [
+            "Phase", "Outcome", "State", "Embedded", "Audit-ID", "Age", "Message"
+        ]
+    );
+    // The rejection message only in `-o wide`; `kubectl get raudit --field-selector status.state=Rejected` works.
+    assert_eq!(v["additionalPrinterColumns"][6]["priority"], 1);
+    assert_eq!(
+        v["selectableFields"],
+        serde_json::json!([{"jsonPath": ".status.state"}])
     );
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(

@@ -362,3 +362,125 @@ async fn failing_provider_stores_rows_pending_then_backfill_fills_every_vector()
     assert_eq!(metrics.embedding_backlog.get(), 0);
     assert!(metrics.backfill_embedded.get() >= 3);
 }
+
+/// With the embedder unavailable (a broken model path), persisted audits cost at most one reconcile per audit per
+/// recheck interval and no validation or sanitization work. Measured from the operator's own counters once all
+/// `RECHECK_AUDITS` (default 2,000) audits are Persisted with `embedding: Unavailable`:
+/// `datastorage_reconcile_total{controller="remediationaudit"}`, `datastorage_prepare_total` (runs of prepare()),
+/// `datastorage_validation_failures_total` and `datastorage_embedding_recheck_total` (store lookups) over a window
+/// of two recheck intervals. Before the fix every recheck re-ran prepare() and a database query every 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_embedder_rechecks_do_no_validation_work() {
+    use datastorage::controller::audit::decide::EMBEDDING_RECHECK;
+    use futures::StreamExt;
+    use kube::api::{Api, ListParams, PostParams};
+    let n = crate::support::faults::count_from_env("RECHECK_AUDITS", 2_000);
+    let env = TestEnv::with(
+        "recheck",
+        EnvOptions {
+            spec_extra: "  embedding:\n    provider: Local\n    modelPath: /nonexistent/model\n"
+                .into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let api: Api<datastorage::crd::RemediationAudit> = Api::namespaced(env.client.clone(), &env.ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let obj = crate::support::faults::audit_object(i);
+                api.create(&PostParams::default(), &obj).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<()>()
+        .await;
+    let unavailable = || async {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|ra| {
+                ra.status.as_ref().is_some_and(|s| {
+                    s.state == Some(datastorage::crd::AuditState::Persisted)
+                        && s.embedding == Some(datastorage::crd::EmbeddingState::Unavailable)
+                })
+            })
+            .count()
+    };
+    eventually(
+        Duration::from_secs(900),
+        "every audit Persisted, embedding Unavailable",
+        || async { (unavailable().await == n).then_some(()) },
+    )
+    .await;
+    let m = env.operator.as_ref().unwrap().context.metrics.clone();
+    let reconciles = || {
+        ["success", "error"]
+            .iter()
+            .map(|r| {
+                m.reconcile_total
+                    .with_label_values(&["remediationaudit", r])
+                    .get()
+            })
+            .sum::<u64>()
+    };
+    let validations = || {
+        m.validation_failures
+            .with_label_values(&["spec", "invalid"])
+            .get()
+    };
+    let rechecks = || {
+        [
+            "stored",
+            "pending",
+            "unavailable",
+            "disabled",
+            "missing",
+            "failed",
+        ]
+        .iter()
+        .map(|r| m.embedding_recheck.with_label_values(&[r]).get())
+        .sum::<u64>()
+    };
+    let (r0, p0, v0, c0) = (
+        reconciles(),
+        m.prepare_total.get(),
+        validations(),
+        rechecks(),
+    );
+    let window = EMBEDDING_RECHECK * 2 + Duration::from_secs(1);
+    tokio::time::sleep(window).await;
+    let (r1, p1, v1, c1) = (
+        reconciles(),
+        m.prepare_total.get(),
+        validations(),
+        rechecks(),
+    );
+    let intervals = window.as_secs_f64() / EMBEDDING_RECHECK.as_secs_f64();
+    println!(
+        "MEASURED | {n} persisted audits, embedder unavailable, {:.0}s window: {} reconciles ({:.2} per audit per \
+         {}s interval), {} prepare() runs, {} store lookups |",
+        window.as_secs_f64(),
+        r1 - r0,
+        (r1 - r0) as f64 / (n as f64 * intervals),
+        EMBEDDING_RECHECK.as_secs(),
+        p1 - p0,
+        c1 - c0
+    );
+    assert_eq!(p1 - p0, 0, "prepare() ran during rechecks");
+    assert_eq!(v1 - v0, 0, "validation failures counted during rechecks");
+    assert_eq!(
+        c1 - c0,
+        0,
+        "rechecks queried the store although no embedder can add a vector"
+    );
+    // A window of two intervals and a second touches at most three recheck deadlines per audit.
+    let bound = n as u64 * (window.as_secs() / EMBEDDING_RECHECK.as_secs() + 1);
+    assert!(r1 - r0 <= bound, "{} reconciles > {bound}", r1 - r0);
+    assert!(
+        r1 - r0 >= n as u64,
+        "the audits were not rechecked at all: {}",
+        r1 - r0
+    );
+}

@@ -1,4 +1,4 @@
-//! Fault injection and load (issue #10, "Nothing lost, nothing leaked"). Each test runs on its own private
+//! Fault injection and load ("nothing lost, nothing leaked"). Each test runs on its own private
 //! PostgreSQL and control plane, with the operator as a real separate `datastorage run` process, and the tests run
 //! one at a time. Run with `make test-faults`; each test prints a `SUMMARY |` line for docs/reliability.md.
 
@@ -655,6 +655,122 @@ async fn pool_exhausted_writes_back_off_and_recover() {
             before + during,
             verified.rows,
             recovered.as_secs_f64()
+        ),
+    );
+}
+
+/// Creates a RemediationAudit whose `spec.details` is nested `depth` levels deep, by a raw request: the API server
+/// accepts it, but no serde_json value tree (a typed client's answer included) can hold it.
+async fn create_deep_audit(client: &kube::Client, ns: &str, name: &str, depth: usize) {
+    let details = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+    let body = format!(
+        r#"{{"apiVersion":"datastorage.kubernaut.ai/v1alpha1","kind":"RemediationAudit","metadata":{{"name":"{name}"}},
+        "spec":{{"remediationRequestId":"rr-{name}","alertFingerprint":"fp","phase":"Completed","outcome":"Success",
+        "actionType":"restart-pod","severity":"critical","environment":"production","clusterName":"prod-eu-1",
+        "targetResource":"apps/v1/Deployment/payments/api","startTime":"2026-01-10T10:00:00Z","details":{details}}}}}"#
+    );
+    let request = axum::http::Request::post(format!(
+        "/apis/datastorage.kubernaut.ai/v1alpha1/namespaces/{ns}/remediationaudits"
+    ))
+    .header("content-type", "application/json")
+    .body(body.into_bytes())
+    .unwrap();
+    client.request_text(request).await.unwrap();
+}
+
+/// 6. Poison pill: one RemediationAudit nested 200 levels deep (in its own namespace) among 1,000 ordinary ones;
+/// the leader is SIGKILLed mid-stream, so the new leader starts from a LIST whose page holds the deep object.
+/// The new leader stores all 1,000 exactly once and rejects the deep one by name (status `Rejected`, counted in
+/// `datastorage_undecodable_objects_total`), and is ready. Before the fix the page failed to decode as a whole,
+/// the new leader's list never completed and nothing more was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: run by `make test-faults` / `make test` (hack/test.sh), one test at a time"]
+async fn poison_pill_object_cannot_stop_the_new_leaders_watch() {
+    let _serial = SERIAL.lock().await;
+    let test_start = Instant::now();
+    let n = count_from_env("POISON_AUDITS", 1_000);
+    let lease_seconds = 3;
+    let world = World::new(StoreSpec::default()).await;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(world.client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "poison"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut replicas = vec![
+        world.operator("poison-0", Some(lease_seconds)).await,
+        world.operator("poison-1", Some(lease_seconds)).await,
+    ];
+    crate::support::kube::eventually(Duration::from_secs(60), "one leader", || async {
+        leader_of(&replicas).await
+    })
+    .await;
+    create_deep_audit(&world.client, "poison", "deep", 200).await;
+    let start = Instant::now();
+    let (_progress, task) = spawn_stream(&world.client, &world.ns, 0, n, 32);
+    let at = wait_stored_at_least(&world, n / 10, Duration::from_secs(600)).await;
+    let leader =
+        crate::support::kube::eventually(Duration::from_secs(60), "one leader", || async {
+            leader_of(&replicas).await
+        })
+        .await;
+    let mut dead = replicas.remove(leader);
+    dead.kill9();
+    let stored_at_kill = stored_count(&world.store).await.unwrap_or(at);
+    assert!(
+        stored_at_kill < n as i64,
+        "the kill came after the stream was stored"
+    );
+    replicas.push(world.operator("poison-2", Some(lease_seconds)).await);
+    task.await.unwrap();
+    let leader =
+        crate::support::kube::eventually(Duration::from_secs(60), "a new leader", || async {
+            leader_of(&replicas).await
+        })
+        .await;
+    wait_drained(&world, &replicas[leader], n, Duration::from_secs(600)).await;
+    let verified = verify_exactly_once(&world.client, &world.store, &world.ns, n).await;
+    let state = |path: &str| {
+        world.cp.kubectl(&[
+            "-n",
+            "poison",
+            "get",
+            "raudit",
+            "deep",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "the deep audit Rejected",
+        || async { (state("{.status.state}") == "Rejected").then_some(()) },
+    )
+    .await;
+    let message = state("{.status.message}");
+    assert!(message.contains("nested more than 128 levels"), "{message}");
+    let undecodable = replicas[leader]
+        .metric("datastorage_undecodable_objects_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(undecodable >= 1.0, "the rejection was not counted");
+    let (code, body) = replicas[leader].readyz().await;
+    assert_eq!(code, 200, "{body}");
+    for r in &mut replicas {
+        r.assert_healthy();
+    }
+    summary(
+        test_start,
+        format!(
+            "SUMMARY | a RemediationAudit nested 200 levels deep among {n}; leader SIGKILLed at {stored_at_kill} \
+             stored | the new leader stored all {n} exactly once ({} rows, {} history rows, 0 duplicates), rejected \
+             the deep one by name ({message:?}), ready | {:.0}s |",
+            verified.rows,
+            verified.history_rows,
+            start.elapsed().as_secs_f64()
         ),
     );
 }

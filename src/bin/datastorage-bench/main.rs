@@ -220,7 +220,8 @@ fn markdown(results: &[Value]) -> String {
     md
 }
 
-/// The spec's performance targets (SPEC.md §6), each checked against this run's rows.
+/// The product's performance targets (the "target" of each row in docs/benchmarks.md), each checked against this
+/// run's rows.
 fn targets(results: &[Value]) -> String {
     let get = |name: &str, field: &str| {
         results
@@ -294,7 +295,7 @@ fn targets(results: &[Value]) -> String {
         ));
     }
     let mut md = String::from(
-        "\n## Spec targets (SPEC.md §6) in this run\n\n| target | this run | |\n|---|---|---|\n",
+        "\n## Performance targets in this run\n\n| target | this run | |\n|---|---|---|\n",
     );
     for (target, ok, text) in rows {
         md.push_str(&format!("| {target} | {text} | {} |\n", check(ok)));

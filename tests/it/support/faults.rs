@@ -99,6 +99,22 @@ impl ControlPlane {
         );
     }
 
+    /// Runs the real kubectl against this control plane; returns stdout (panics with stderr on failure).
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(format!("{}/kubectl", kube_bindir()))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
         let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -196,6 +212,24 @@ pub async fn create_datastorage(
         .create(&PostParams::default(), &ds)
         .await
         .unwrap();
+}
+
+/// The directory of kubectl, kube-apiserver and etcd (`hack/kubebins/build.sh --print-bindir`).
+pub fn kube_bindir() -> String {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(format!("{MANIFEST_DIR}/hack/kubebins/build.sh"))
+            .arg("--print-bindir")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hack/kubebins/build.sh --print-bindir: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+    .clone()
 }
 
 /// A `datastorage run` process (the real binary), its output in `log`; SIGKILLed on drop.
