@@ -48,6 +48,10 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Embed texts with the operator's embedding code (the Local provider: all-MiniLM-L6-v2 by ONNX Runtime or
+    /// candle). Prints one JSON array of floats per text, one per line, in order; without TEXT, embeds each line of
+    /// standard input.
+    Embed(Box<datastorage::embed::EmbedArgs>),
     /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
     Query {
         #[command(flatten)]
@@ -190,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Embed(args) => Ok(datastorage::embed::run_cli(&args).await),
         Command::Query { conn, command } => {
             Ok(datastorage::api::client::run(&conn, &command).await)
         }
