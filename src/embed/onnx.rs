@@ -68,8 +68,9 @@ impl OnnxEncoder {
         if !model_path.is_file() {
             return Err(load_error(&model_path, "file not found"));
         }
+        // Checked even when this process loaded the library before: the directory is what gets deployed.
         let library = runtime_library(model_dir);
-        if ENVIRONMENT.get().is_none() && !library.is_file() {
+        if !library.is_file() {
             return Err(load_error(&library, "file not found"));
         }
         let env = environment(&library)?;

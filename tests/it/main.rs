@@ -17,6 +17,7 @@ mod cli;
 mod controller;
 mod crds;
 mod dashboard;
+mod embedding_backends;
 mod embeddings;
 mod faults;
 mod fuzz;
