@@ -60,7 +60,11 @@ impl EmbedArgs {
 /// standard input is unreadable.
 pub async fn run_cli(args: &EmbedArgs) -> ExitCode {
     let texts = if args.texts.is_empty() {
-        match std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>() {
+        match std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(lines) => lines,
             Err(e) => {
                 eprintln!("error: cannot read standard input: {e}");

@@ -196,16 +196,15 @@ impl LocalEmbedder {
                 };
                 // The C++ library can throw through the FFI only as an error code; a panic in the binding (it
                 // asserts on pointers) must still not take the operator down.
-                let loaded = std::panic::catch_unwind(|| {
-                    OnnxEncoder::load(model_dir, file, dims, threads)
-                })
-                .unwrap_or_else(|p| {
-                    Err(EmbedError::Load(format!(
-                        "onnxruntime panicked while loading {}: {}",
-                        model_dir.join(file).display(),
-                        panic_message(&*p)
-                    )))
-                })?;
+                let loaded =
+                    std::panic::catch_unwind(|| OnnxEncoder::load(model_dir, file, dims, threads))
+                        .unwrap_or_else(|p| {
+                            Err(EmbedError::Load(format!(
+                                "onnxruntime panicked while loading {}: {}",
+                                model_dir.join(file).display(),
+                                panic_message(&*p)
+                            )))
+                        })?;
                 Encoder::Onnx(loaded)
             }
             LocalRuntime::Candle => {
@@ -578,8 +577,15 @@ mod tests {
             assert!((norm(v) - 1.0).abs() < 1e-5, "norm {}", norm(v));
         }
         for idx in [2, 5] {
-            let d = max_abs_diff(&alone[0], &vs[idx]);
-            assert!(d <= 1e-5, "alone vs batch position {idx}: max diff {d}");
+            if e.model_id().contains("int8") {
+                // Dynamic quantization scales the activations by each batch's range, so batch mates move an int8
+                // vector a little (measured: max component diff 0.017); it stays the same text's vector.
+                let c = cosine(&alone[0], &vs[idx]);
+                assert!(c >= 0.99, "int8 alone vs batch position {idx}: cosine {c}");
+            } else {
+                let d = max_abs_diff(&alone[0], &vs[idx]);
+                assert!(d <= 1e-5, "alone vs batch position {idx}: max diff {d}");
+            }
         }
         // A text longer than max_tokens is truncated, not rejected.
         let huge = vec!["memory ".repeat(2000)];
@@ -701,9 +707,17 @@ mod tests {
         for (missing, runtime, precision) in [
             ("model.onnx", LocalRuntime::Onnx, LocalPrecision::Fp32),
             ("model.int8.onnx", LocalRuntime::Onnx, LocalPrecision::Int8),
-            (super::super::onnx::ONNXRUNTIME_LIBRARY, LocalRuntime::Onnx, LocalPrecision::Fp32),
+            (
+                super::super::onnx::ONNXRUNTIME_LIBRARY,
+                LocalRuntime::Onnx,
+                LocalPrecision::Fp32,
+            ),
             ("tokenizer.json", LocalRuntime::Onnx, LocalPrecision::Fp32),
-            ("model.safetensors", LocalRuntime::Candle, LocalPrecision::Fp32),
+            (
+                "model.safetensors",
+                LocalRuntime::Candle,
+                LocalPrecision::Fp32,
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             for f in [
@@ -722,7 +736,10 @@ mod tests {
                 .unwrap_err();
             let msg = err.to_string();
             let named = dir.path().join(missing).display().to_string();
-            assert!(msg.contains(&named) && msg.contains("make setup"), "{missing}: {msg}");
+            assert!(
+                msg.contains(&named) && msg.contains("make setup"),
+                "{missing}: {msg}"
+            );
         }
     }
 

@@ -31,8 +31,8 @@ pub use local::{
     LocalEmbedder, LocalOptions, LocalPrecision, LocalRuntime, MAX_DEFAULT_THREADS,
     bert_flops_per_token, local_model_id,
 };
-pub use onnx::{ONNXRUNTIME_LIBRARY, runtime_library};
 pub use metrics::EmbedMetrics;
+pub use onnx::{ONNXRUNTIME_LIBRARY, runtime_library};
 pub use openai::{OpenAiEmbedder, OpenAiOptions};
 
 /// Errors from any embedding provider.

@@ -91,7 +91,16 @@ fn varied_texts() -> Vec<String> {
         "मेमोरी सीमा पार हो गई",
     ];
     let emptyish = [
-        "", " ", "  \n\t ", ".", "?", "a", "OK", "-", "[REDACTED:password]", "🙂",
+        "",
+        " ",
+        "  \n\t ",
+        ".",
+        "?",
+        "a",
+        "OK",
+        "-",
+        "[REDACTED:password]",
+        "🙂",
     ];
     let mut texts: Vec<String> = Vec::new();
     texts.extend(emptyish.iter().map(|s| s.to_string()));
@@ -102,7 +111,9 @@ fn varied_texts() -> Vec<String> {
         texts.push(format!("{b} (pod {i}-{})", i * 7919 % 1000));
         texts.push(b.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
         texts.push(format!("{b}. {}", unicode[i % unicode.len()]));
-        texts.push(format!("error: {b}; details: {{\"retries\": {i}, \"node\": \"n-{i}\"}}"));
+        texts.push(format!(
+            "error: {b}; details: {{\"retries\": {i}, \"node\": \"n-{i}\"}}"
+        ));
         // ~130–200 tokens: past 128.
         texts.push(
             (0..4)
@@ -119,11 +130,7 @@ fn varied_texts() -> Vec<String> {
         );
         texts.push(format!("{} {b}", "memory ".repeat(300 + 10 * i)));
         texts.push(unicode[(i + 3) % unicode.len()].repeat(20 + i));
-        texts.push(
-            b.chars()
-                .rev()
-                .collect::<String>(),
-        );
+        texts.push(b.chars().rev().collect::<String>());
         texts.push(format!("{i}"));
         texts.push(format!("kubectl -n ns-{i} rollout restart deploy/app-{i}"));
     }

@@ -278,17 +278,20 @@ fn targets(results: &[Value]) -> String {
                 .map_or("-".into(), |r| format!("ratio {r:.3}")),
         ),
         (
-            "default embedding backend ≥ 1.3× sentence-transformers' batched throughput".to_string(),
+            "default embedding backend ≥ 1.3× sentence-transformers' batched throughput"
+                .to_string(),
             get("embed_throughput", "ratio").map(|r| r >= 1.3),
             get("embed_throughput", "ratio").map_or("-".into(), |r| format!("{r:.2}×")),
         ),
         (
-            "default embedding backend single-sentence p50 ≤ 0.5× sentence-transformers'".to_string(),
+            "default embedding backend single-sentence p50 ≤ 0.5× sentence-transformers'"
+                .to_string(),
             get("embed_single_p50", "ratio").map(|r| r <= 0.5),
             get("embed_single_p50", "ratio").map_or("-".into(), |r| format!("{r:.2}×")),
         ),
         (
-            "fastest opt-in backend (int8) ≥ 2× sentence-transformers (SPEC.md §6: ≥ 2×)".to_string(),
+            "fastest opt-in backend (int8) ≥ 2× sentence-transformers (SPEC.md §6: ≥ 2×)"
+                .to_string(),
             get("embed_throughput_int8", "ratio").map(|r| r >= 2.0),
             get("embed_throughput_int8", "ratio").map_or("-".into(), |r| format!("{r:.2}×")),
         ),
@@ -582,7 +585,10 @@ async fn embed_throughput(bench: &mut Bench, model_dir: &str, n: usize) -> anyho
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
     let flops_per_sentence = bert_flops_per_token(6, 384, 1536, tokens) * tokens as f64;
     let bound = best_flops / flops_per_sentence;
-    println!("  GEMM ({}×384)·(384×1536), {threads} threads: {gemm:?}; best {best_name}", batch * tokens);
+    println!(
+        "  GEMM ({}×384)·(384×1536), {threads} threads: {gemm:?}; best {best_name}",
+        batch * tokens
+    );
     bench.record(
         "embed_gemm",
         best_flops / 1e9,
