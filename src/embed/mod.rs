@@ -1,7 +1,8 @@
 //! Embedding providers for remediation audits.
 //!
-//! * [`LocalEmbedder`] — all-MiniLM-L6-v2 (384 dims) run in-process with candle on the CPU,
-//!   on a dedicated worker thread that coalesces concurrent requests into batches.
+//! * [`LocalEmbedder`] — all-MiniLM-L6-v2 (384 dims) run in-process on the CPU by ONNX Runtime
+//!   (default; fp32 or int8) or candle, on a dedicated worker thread that coalesces concurrent
+//!   requests into batches.
 //! * [`HashEmbedder`] — deterministic *lexical* feature hashing; not semantic, dependency-free.
 //! * [`OpenAiEmbedder`] — any OpenAI-compatible `POST {endpoint}/v1/embeddings` service.
 //! * [`CachedEmbedder`] — in-memory (moka) + optional shared Redis cache in front of any of them.
@@ -12,18 +13,26 @@
 //! The text embedded for an audit is built by [`embedding_text`] from semantic fields only.
 
 mod cache;
+mod candle;
+mod cli;
 mod config;
 mod hash;
 mod local;
 mod metrics;
+mod onnx;
 mod openai;
 
 pub use crate::audit::embedding_text::{EmbeddingInput, embedding_text, target_kind};
 pub use cache::{CacheOptions, CachedEmbedder, REDIS_KEY_PREFIX, cache_key};
+pub use cli::{EmbedArgs, run_cli};
 pub use config::{IMAGE_MODEL_DIR, build};
 pub use hash::HashEmbedder;
-pub use local::{LocalEmbedder, LocalOptions, bert_flops_per_token};
+pub use local::{
+    LocalEmbedder, LocalOptions, LocalPrecision, LocalRuntime, MAX_DEFAULT_THREADS,
+    bert_flops_per_token, local_model_id,
+};
 pub use metrics::EmbedMetrics;
+pub use onnx::{ONNXRUNTIME_LIBRARY, runtime_library};
 pub use openai::{OpenAiEmbedder, OpenAiOptions};
 
 /// Errors from any embedding provider.

@@ -20,6 +20,7 @@ mod cluster;
 mod controller;
 mod crds;
 mod dashboard;
+mod embedding_backends;
 mod embeddings;
 mod faults;
 mod fuzz;
