@@ -430,7 +430,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_missing_vector_requeues_after_a_status() {
+    fn after_a_status_only_a_missing_vector_or_a_duplicate_requeues() {
         let persisted = |embedding| Outcome::Persisted {
             audit_id: 1,
             content_hash: String::new(),
@@ -460,7 +460,11 @@ mod tests {
         );
         assert_eq!(
             after_status(&duplicate("rr", "ns", "a")),
-            Action::await_change()
+            Action::requeue(decide::DUPLICATE_RECHECK)
         );
+        let invalid = Outcome::Rejected {
+            errors: vec![FieldError::new("actionType", Reason::Invalid, "x")],
+        };
+        assert_eq!(after_status(&invalid), Action::await_change());
     }
 }
