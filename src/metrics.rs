@@ -338,6 +338,16 @@ impl Metrics {
         for kind in SecretKind::ALL {
             self.redactions.with_label_values(&[kind.as_str()]);
         }
+        for result in [
+            "stored",
+            "pending",
+            "unavailable",
+            "disabled",
+            "missing",
+            "failed",
+        ] {
+            self.embedding_recheck.with_label_values(&[result]);
+        }
     }
 
     /// Counts one audit committed without its vector, in the one counter of its cause (module comment):

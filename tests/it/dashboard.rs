@@ -87,7 +87,7 @@ fn panel<'a>(d: &'a Value, title: &str) -> &'a Value {
 fn dashboard_has_the_13_panels_of_the_spec_first_then_the_operations_panels() {
     let d = dashboard();
     let panels = d["panels"].as_array().unwrap();
-    assert_eq!(panels.len(), 30);
+    assert_eq!(panels.len(), 32);
     let titles: Vec<&str> = panels
         .iter()
         .map(|p| p["title"].as_str().unwrap())

@@ -103,9 +103,27 @@ fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(json["panels"].as_array().unwrap().len(), 13);
-    let rules = &of_kind(&docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"];
-    assert_eq!(rules.as_array().unwrap().len(), 6);
+    // The chart ships the dashboard and the alert rules whole (as many panels and rules as the sources).
+    let source: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("config/grafana/datastorage-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["panels"], source["panels"]);
+    let rule_count = |groups: &Value| -> usize {
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["rules"].as_array().unwrap().len())
+            .sum()
+    };
+    let alerts: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_path("config/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let shipped = rule_count(&of_kind(&docs, "PrometheusRule")[0]["spec"]["groups"]);
+    assert_eq!(shipped, rule_count(&alerts["groups"]));
+    assert!(shipped >= 12, "{shipped} rules");
 
     let d = of_kind(&docs, "Deployment")[0];
     assert_eq!(d["spec"]["replicas"], 3);
