@@ -279,7 +279,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes)
         let scope = s
             .scope(&user, &rt, req.filters.namespace.as_deref())
             .await?;
-        let (vector, exclude_id) = match &req.query {
+        let (vector, exclude_id, model_id) = match &req.query {
             SearchQuery::Text(text) => {
                 let embedder = rt.embedder.as_ref().ok_or_else(|| {
                     Problem::unavailable(
@@ -294,7 +294,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes)
                 let v = vectors.into_iter().next().ok_or_else(|| {
                     Problem::unavailable("the embedding provider returned no vector")
                 })?;
-                (v, None)
+                (v, None, embedder.model_id().to_string())
             }
             SearchQuery::SimilarTo(id) => {
                 let id = *id;
@@ -307,13 +307,27 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes)
                 if !s.may_read(&user, &ns).await? {
                     return Err(missing());
                 }
-                let v = rt.store.embedding_of(id).await?.ok_or_else(|| {
+                let (v, model) = rt.store.embedding_of(id).await?.ok_or_else(|| {
                     Problem::bad_parameter(
                         "similarToId",
                         format!("audit {id} has no embedding vector yet (pending backfill or embeddings disabled)"),
                     )
                 })?;
-                (v, Some(id))
+                // During a model switch an audit may still hold the old model's vector: it is comparable only with
+                // the old model's vectors, which the backfill is replacing, so answer "not yet" rather than mix.
+                if let Some(e) = rt.embedder.as_ref()
+                    && e.model_id() != model
+                {
+                    return Err(Problem::bad_parameter(
+                        "similarToId",
+                        format!(
+                            "audit {id}'s vector is from model {model}; the store now embeds with {} and the \
+                             backfill has not re-embedded it yet",
+                            e.model_id()
+                        ),
+                    ));
+                }
+                (v, Some(id), model)
             }
         };
         let mut filters = req.filters.filters;
@@ -327,6 +341,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes)
             ef_search: rt.ef_search,
             exclude_id,
             halfvec: rt.halfvec,
+            model_id,
         };
         let results = rt.store.search(&vector, &filters, &params).await?;
         Ok(json!({ "results": results }))

@@ -53,6 +53,9 @@ pub struct SearchParams {
     pub exclude_id: Option<i64>,
     /// Search the halfvec expression index (DataStorage `vectorIndex.elementType: halfvec`).
     pub halfvec: bool,
+    /// Only vectors of this model are compared with the query (a query vector of one model is meaningless against
+    /// another's: while a model switch is being backfilled both are in the table).
+    pub model_id: String,
 }
 
 impl Store {
@@ -95,6 +98,7 @@ impl Store {
             .bind(params.min_similarity)
             .bind(params.exclude_id)
             .bind(limit)
+            .bind(&params.model_id)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -126,14 +130,17 @@ impl Store {
         Ok(ids)
     }
 
-    /// The stored vector of an audit (for "similar to audit N").
-    pub async fn embedding_of(&self, audit_id: i64) -> Result<Option<Vec<f32>>, StoreError> {
-        let v: Option<Vector> =
-            sqlx::query_scalar("SELECT embedding FROM audit_embeddings WHERE audit_id = $1")
+    /// The stored vector of an audit and the model that made it (for "similar to audit N").
+    pub async fn embedding_of(
+        &self,
+        audit_id: i64,
+    ) -> Result<Option<(Vec<f32>, String)>, StoreError> {
+        let v: Option<(Vector, String)> =
+            sqlx::query_as("SELECT embedding, model_id FROM audit_embeddings WHERE audit_id = $1")
                 .bind(audit_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(v.map(|v| v.to_vec()))
+        Ok(v.map(|(v, m)| (v.to_vec(), m)))
     }
 }
 
@@ -145,7 +152,7 @@ macro_rules! search_sql {
             "WITH c AS MATERIALIZED (
                  SELECT e.audit_id, ", $distance, " AS distance
                  FROM audit_embeddings e
-                 WHERE ($2::text[] IS NULL OR e.namespace = ANY($2))
+                 WHERE ($2::text[] IS NULL OR e.namespace = ANY($2)) AND e.model_id = $14
                  ORDER BY ", $distance, "
                  LIMIT $3
              )

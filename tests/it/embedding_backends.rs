@@ -137,6 +137,10 @@ fn varied_texts() -> Vec<String> {
     texts
 }
 
+/// The project's vectors against sentence-transformers'. Shown to fail when the pipeline is broken (2026-12-02, by
+/// editing `mean_pool_normalize` in `src/embed/local.rs` and running this test): without the L2 normalisation,
+/// "Onnx Fp32: vector 0 has norm 6.3657…, not 1"; with CLS (first-token) pooling instead of the mean, "Onnx Fp32:
+/// mean cosine 0.4974 < 0.9999" (min 0.1228).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_local_backend_gives_sentence_transformers_vectors() {
     let dir = model_dir();
@@ -155,6 +159,21 @@ async fn every_local_backend_gives_sentence_transformers_vectors() {
         let e = LocalEmbedder::load(&dir, LocalOptions::with(runtime, precision))
             .unwrap_or_else(|e| panic!("{runtime:?} {precision:?}: {e}"));
         let ours = e.embed(&texts).await.unwrap();
+        assert_eq!(ours.len(), texts.len());
+        // Unit length first: `cosine` is a dot product, so an unnormalised vector (norm ~5 after mean pooling)
+        // would pass the cosine bar below (checked: with the L2 normalisation removed this assertion fails).
+        for (i, v) in ours.iter().enumerate() {
+            let norm = v
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-4,
+                "{runtime:?} {precision:?}: vector {i} has norm {norm}, not 1 (normalisation broken?) for {:?}",
+                texts[i].chars().take(60).collect::<String>()
+            );
+        }
         let (worst, at) = ours
             .iter()
             .zip(&reference)

@@ -115,6 +115,7 @@ async fn labelled_set_ranks_the_right_family_first_and_filtered_recall_holds() {
         ef_search: 40,
         exclude_id: None,
         halfvec: false,
+        model_id: embedder.model_id().into(),
     };
     let mut correct = 0;
     let mut misses = Vec::new();

@@ -428,11 +428,93 @@ async fn index_parameter_change_rebuilds_while_writes_continue() {
                 ef_search: 40,
                 exclude_id: None,
                 halfvec: true,
+                model_id: "test:384".into(),
             },
         )
         .await
         .unwrap();
     assert!(hits[0].similarity > 0.999, "{hits:?}");
+}
+
+/// While a model switch is being backfilled the table holds two models' vectors; a query vector is compared only
+/// with its own model's (the same vectors under another model id never come back), and "similar to" reports the
+/// model of the audit's vector.
+#[tokio::test]
+async fn search_compares_a_query_only_with_vectors_of_its_own_model() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let mut by_model: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for (i, model) in ["old:384", "new:384"].iter().cycle().take(40).enumerate() {
+        let p = prepared(
+            &uuid::Uuid::new_v4().to_string(),
+            1,
+            &spec(&format!("rr-model-{i}")),
+        );
+        let out = store
+            .write_audit(&AuditWrite {
+                prepared: &p,
+                embedding: Some(EmbeddingRow {
+                    model_id: (*model).into(),
+                    // The same 20 vectors under each model: only the model id tells them apart.
+                    vector: unit_vector(i / 2),
+                }),
+            })
+            .await
+            .unwrap();
+        let WriteOutcome::Stored(a) = out else {
+            panic!("{out:?}")
+        };
+        by_model.entry(model).or_default().push(a.audit_id);
+    }
+    for model in ["old:384", "new:384"] {
+        let hits = store
+            .search(
+                &unit_vector(7),
+                &datastorage::store::search::AuditFilters::default(),
+                &datastorage::store::search::SearchParams {
+                    limit: 30,
+                    min_similarity: None,
+                    ef_search: 100,
+                    exclude_id: None,
+                    halfvec: false,
+                    model_id: model.into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            hits.len(),
+            20,
+            "{model}: every vector of the model, none of the other: {hits:?}"
+        );
+        assert!(
+            hits.iter().all(|h| by_model[model].contains(&h.id)),
+            "{model}: {hits:?}"
+        );
+        assert!(hits[0].similarity > 0.999, "{hits:?}");
+    }
+    let none = store
+        .search(
+            &unit_vector(7),
+            &datastorage::store::search::AuditFilters::default(),
+            &datastorage::store::search::SearchParams {
+                limit: 10,
+                min_similarity: None,
+                ef_search: 40,
+                exclude_id: None,
+                halfvec: false,
+                model_id: "unknown:384".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let (v, model) = store
+        .embedding_of(by_model["new:384"][3])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.len(), model.as_str()), (384, "new:384"));
 }
 
 #[tokio::test]
@@ -585,7 +667,13 @@ async fn batch_write_gives_each_audit_its_own_outcome() {
         Ok(WriteOutcome::Stored(s)) => {
             assert!(s.embedding_stored);
             assert_eq!(
-                store.embedding_of(s.audit_id).await.unwrap().unwrap().len(),
+                store
+                    .embedding_of(s.audit_id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .len(),
                 384
             );
             ids.push(s.audit_id);

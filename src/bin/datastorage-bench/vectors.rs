@@ -1823,7 +1823,7 @@ async fn search_pass(
         // Warm-up (index pages into memory), not measured.
         for q in query_vectors {
             search_store
-                .search(q, &filters, &search_params(100))
+                .search(q, &filters, &search_params(100, &corpus.model_id))
                 .await?;
         }
         // The spec's settings (40 is the DataStorage default), and unfiltered also higher ones, to show where the
@@ -1842,7 +1842,9 @@ async fn search_pass(
             let mut worst: f64 = 1.0;
             for (q, truth) in query_vectors.iter().zip(&truth) {
                 let t = Instant::now();
-                let hits = search_store.search(q, &filters, &search_params(ef)).await?;
+                let hits = search_store
+                    .search(q, &filters, &search_params(ef, &corpus.model_id))
+                    .await?;
                 lat.push(ms(t));
                 let ids: Vec<i64> = hits.iter().map(|h| h.id).collect();
                 if filtered {
@@ -1910,12 +1912,13 @@ async fn search_pass(
     Ok(())
 }
 
-fn search_params(ef_search: i32) -> SearchParams {
+fn search_params(ef_search: i32, model_id: &str) -> SearchParams {
     SearchParams {
         limit: K as i64,
         min_similarity: None,
         ef_search,
         exclude_id: None,
         halfvec: false,
+        model_id: model_id.to_string(),
     }
 }
