@@ -18,7 +18,22 @@ async fn valid_audit_is_persisted_with_a_row_and_printer_columns() {
         "rr-persist-1",
         "  errorMessage: 'OOMKilled; DSN postgres://app:hunter2@db:5432/app'\n  details:\n    env:\n      DB_PASSWORD: s3cr3t\n",
     )));
-    let obj = env.wait_state("oom-1", "Persisted", WAIT).await;
+    // No admission webhook here: the operator stores generation 1 redacted, then redacts the resource's own spec in
+    // place (generation 2, stored too).
+    let obj = eventually(
+        WAIT,
+        "generation 2 (the spec redacted in place) persisted",
+        || async {
+            let v = env.wait_state("oom-1", "Persisted", WAIT).await;
+            (v["metadata"]["generation"] == 2).then_some(v)
+        },
+    )
+    .await;
+    let spec = obj["spec"].to_string();
+    assert!(
+        !spec.contains("hunter2") && !spec.contains("s3cr3t"),
+        "{spec}"
+    );
     let status = &obj["status"];
     let audit_id = status["auditId"].as_i64().unwrap();
     assert_eq!(status["embedding"], "Stored");
@@ -59,7 +74,7 @@ async fn valid_audit_is_persisted_with_a_row_and_printer_columns() {
     .unwrap();
     assert_eq!(row.get::<String, _>("namespace"), env.ns);
     assert_eq!(row.get::<String, _>("name"), "oom-1");
-    assert_eq!(row.get::<i64, _>("history"), 1);
+    assert_eq!(row.get::<i64, _>("history"), 2);
     assert_eq!(row.get::<i64, _>("vectors"), 1);
     let error: String = row.get("error_message");
     let details: String = row.get("details");
