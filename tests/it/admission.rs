@@ -412,3 +412,162 @@ async fn webhook_down_the_audit_is_admitted_stored_and_its_spec_redacted_by_the_
     .await;
     env.wait_state("swept", "Persisted", WAIT).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The chart's webhook objects (helm template, no cluster).
+// ---------------------------------------------------------------------------------------------------------------
+
+use crate::support::chart::{documents, kubebin, of_kind, run_raw, template};
+
+fn env_value<'a>(deployment: &'a Value, name: &str) -> Option<&'a str> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+#[test]
+fn chart_registers_the_webhook_through_the_service_never_for_its_own_namespace() {
+    let docs = documents(&template(&[]));
+    let hooks = of_kind(&docs, "MutatingWebhookConfiguration");
+    assert_eq!(hooks.len(), 1);
+    let cfg = hooks[0];
+    let w = &cfg["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["matchPolicy"], "Equivalent");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(
+        w["rules"][0]["operations"],
+        serde_json::json!(["CREATE", "UPDATE"])
+    );
+    assert_eq!(
+        w["rules"][0]["resources"],
+        serde_json::json!(["remediationaudits"])
+    );
+    let excluded = &w["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["key"], "kubernetes.io/metadata.name");
+    assert_eq!(excluded["operator"], "NotIn");
+    let values: Vec<&str> = excluded["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        values.contains(&"ds-system") && values.contains(&"kube-system"),
+        "{values:?}"
+    );
+    // The Service routes its port to the container's admission port, where the operator is told to listen.
+    let svc = &w["clientConfig"]["service"];
+    assert_eq!(svc["path"], "/mutate");
+    let service = of_kind(&docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == svc["name"])
+        .unwrap();
+    let port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == svc["port"])
+        .unwrap();
+    assert_eq!(port["targetPort"], "admission");
+    let deployment = of_kind(&docs, "Deployment")[0];
+    let container_port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admission")
+        .unwrap()["containerPort"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        env_value(deployment, "DATASTORAGE_ADMISSION_ADDR"),
+        Some(format!("0.0.0.0:{container_port}").as_str())
+    );
+    // Self-managed: the operator sets the caBundle of this configuration, for this Service's names.
+    assert_eq!(
+        env_value(deployment, "DATASTORAGE_ADMISSION_WEBHOOK_CONFIGURATION"),
+        cfg["metadata"]["name"].as_str()
+    );
+    assert_eq!(
+        env_value(deployment, "DATASTORAGE_ADMISSION_SERVICE"),
+        svc["name"].as_str()
+    );
+    assert!(env_value(deployment, "DATASTORAGE_ADMISSION_CERT_FILE").is_none());
+    // The NetworkPolicy lets the API server in.
+    let np = of_kind(&docs, "NetworkPolicy")[0];
+    assert!(
+        np["spec"]["ingress"].to_string().contains("\"admission\""),
+        "{np}"
+    );
+
+    // cert-manager: a Certificate into the mounted Secret, the CA injected by annotation.
+    let docs = documents(&template(&[
+        "--set",
+        "admissionWebhook.certManager.enabled=true",
+    ]));
+    let cfg = of_kind(&docs, "MutatingWebhookConfiguration")[0];
+    let cert = of_kind(&docs, "Certificate")[0];
+    assert_eq!(
+        cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("ds-system/{}", cert["metadata"]["name"].as_str().unwrap())
+    );
+    assert!(cfg["webhooks"][0]["clientConfig"].get("caBundle").is_none());
+    assert_eq!(
+        of_kind(&docs, "Issuer").len(),
+        1,
+        "a self-signed Issuer by default"
+    );
+    let deployment = of_kind(&docs, "Deployment")[0];
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "admission-tls")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], cert["spec"]["secretName"]);
+    assert_eq!(
+        env_value(deployment, "DATASTORAGE_ADMISSION_CERT_FILE"),
+        Some("/etc/datastorage/admission/tls.crt")
+    );
+    let docs = documents(&template(&[
+        "--set",
+        "admissionWebhook.certManager.enabled=true,admissionWebhook.certManager.issuerRef.name=corp-ca,admissionWebhook.certManager.issuerRef.kind=ClusterIssuer",
+    ]));
+    assert!(of_kind(&docs, "Issuer").is_empty());
+    assert_eq!(
+        of_kind(&docs, "Certificate")[0]["spec"]["issuerRef"]["name"],
+        "corp-ca"
+    );
+
+    // Off: nothing of it.
+    let docs = documents(&template(&["--set", "admissionWebhook.enabled=false"]));
+    assert!(of_kind(&docs, "MutatingWebhookConfiguration").is_empty());
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert!(env_value(deployment, "DATASTORAGE_ADMISSION_ADDR").is_none());
+
+    // failurePolicy is a choice between two words.
+    let docs = documents(&template(&["--set", "admissionWebhook.failurePolicy=Fail"]));
+    assert_eq!(
+        of_kind(&docs, "MutatingWebhookConfiguration")[0]["webhooks"][0]["failurePolicy"],
+        "Fail"
+    );
+    let chart = crate::support::chart::chart_dir();
+    let out = run_raw(
+        &kubebin("helm"),
+        &[
+            "template",
+            "ds",
+            chart.to_str().unwrap(),
+            "--set",
+            "admissionWebhook.failurePolicy=Sometimes",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "the schema accepted failurePolicy=Sometimes"
+    );
+}
