@@ -7,7 +7,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::datastorage::DsContext;
 use crate::controller::{audit, datastorage};
@@ -174,21 +174,16 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
     let api = axum::serve(api_listener, crate::api::router(ctx.clone()));
 
+    // The webhook's port is bound now (so its address is known); its certificate may need the API server (the
+    // self-managed Secret), which is retried in the background: the controllers never wait for the webhook, whose
+    // absence the failurePolicy (Ignore) and the controller's in-place redaction cover.
     let mut admission_addr = None;
     let admission = match &opts.admission {
         None => None,
         Some(a) => {
-            let pem = admission_tls(&ctx.client, &a.tls).await?;
-            let tls = crate::admission::server::tls_config(&pem)?;
             let listener = crate::admission::server::bind(a.addr).await?;
-            let addr = listener.local_addr()?;
-            info!(%addr, "serving the admission webhook (POST /mutate, TLS)");
-            admission_addr = Some(addr);
-            Some(crate::admission::server::serve(
-                listener,
-                tls,
-                crate::admission::server::router(ctx.clone()),
-            ))
+            admission_addr = Some(listener.local_addr()?);
+            Some(serve_admission(ctx.clone(), a.tls.clone(), listener))
         }
     };
     let admission = async move {
@@ -222,6 +217,41 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         context: ctx,
         task,
     })
+}
+
+/// Gets the webhook's certificate (retrying every 10 s), then serves it. With a self-managed certificate the CA bundle
+/// is set again every minute: a `helm template | kubectl apply` (GitOps) of the webhook configuration has none.
+async fn serve_admission(ctx: Arc<Context>, tls: AdmissionTls, listener: tokio::net::TcpListener) {
+    use crate::admission::server;
+    let config = loop {
+        match admission_tls(&ctx.client, &tls)
+            .await
+            .and_then(|pem| server::tls_config(&pem))
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, "admission webhook: no certificate yet; retrying in 10s");
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving the admission webhook (POST /mutate, TLS)");
+    }
+    let serving = server::serve(listener, config, server::router(ctx.clone()));
+    let refresh = async {
+        let AdmissionTls::SelfManaged { .. } = &tls else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            // Reads the same Secret (never regenerates an existing one) and patches only a missing or stale bundle.
+            if let Err(e) = admission_tls(&ctx.client, &tls).await {
+                debug!(error = %e, "admission webhook: caBundle refresh");
+            }
+        }
+    };
+    tokio::join!(serving, refresh);
 }
 
 /// Runs the writers while `leader` is true and stops them as soon as it turns false.

@@ -413,6 +413,144 @@ async fn webhook_down_the_audit_is_admitted_stored_and_its_spec_redacted_by_the_
     env.wait_state("swept", "Persisted", WAIT).await;
 }
 
+/// The self-managed certificate: two replicas started against a webhook configuration without a caBundle. The first
+/// creates the CA and serving certificate in one Secret; the second reads the same Secret (create-if-absent, never
+/// overwritten); the caBundle is set, so the API server trusts whichever replica it calls (failurePolicy Fail here:
+/// an untrusted certificate would fail the apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_managed_certificate_is_shared_by_replicas_and_its_ca_injected() {
+    let mut env = TestEnv::with(
+        "admtls",
+        EnvOptions {
+            start_operator: false,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let hook_name = format!("datastorage-{}", env.ns);
+    // The "Service" is 127.0.0.1 (an IP SAN): the test's API server calls the in-process webhook by URL.
+    let tls = AdmissionTls::SelfManaged {
+        namespace: env.ns.clone(),
+        secret: "admission-tls".into(),
+        service: "127.0.0.1".into(),
+        webhook_configuration: hook_name.clone(),
+    };
+    // Registered first, without a caBundle (what the chart renders on a fresh install); the port is chosen up
+    // front so the URL is known.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _hook = Webhook::register(
+        &env.ns,
+        &format!("https://127.0.0.1:{port}/mutate"),
+        "",
+        "Fail",
+    );
+    env.admission = Some(Admission {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        tls: tls.clone(),
+    });
+    env.start_operator().await;
+    let second = {
+        let mut other = env.admission.clone().unwrap();
+        other.addr = "127.0.0.1:0".parse().unwrap();
+        datastorage::operator::start(
+            env.client.clone(),
+            datastorage::operator::Options {
+                datastorage: env.ns.clone(),
+                namespace: Some(env.ns.clone()),
+                metrics_addr: "127.0.0.1:0".parse().unwrap(),
+                api_addr: "127.0.0.1:0".parse().unwrap(),
+                model_dir: None,
+                leader_election: Some(datastorage::operator::LeaderElection {
+                    namespace: env.ns.clone(),
+                    lease_name: "never-leader".into(),
+                    identity: "second".into(),
+                    duration_seconds: 15,
+                }),
+                checkpoint: None,
+                admission: Some(other),
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let ca = eventually(WAIT, "the caBundle to be set", || async {
+        let out = kubectl_raw(
+            &[
+                "get",
+                "mutatingwebhookconfiguration",
+                &hook_name,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            None,
+        );
+        let b = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!b.is_empty()).then_some(b)
+    })
+    .await;
+    let secret: Value =
+        serde_json::from_str(&env.kubectl(&["get", "secret", "admission-tls", "-o", "json"], None))
+            .unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        secret["data"]["ca.crt"].as_str().unwrap(),
+        ca,
+        "the bundle is the Secret's CA"
+    );
+    // Both replicas serve a certificate of that CA: a TLS client trusting only it reaches each one.
+    let ca_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&ca)
+            .unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    for addr in [
+        env.operator.as_ref().unwrap().admission_addr.unwrap(),
+        second.admission_addr.unwrap(),
+    ] {
+        let resp = eventually(WAIT, "the replica to serve TLS", || async {
+            client
+                .post(format!("https://{addr}/mutate"))
+                .body("{}")
+                .send()
+                .await
+                .ok()
+        })
+        .await;
+        assert_eq!(resp.status(), 400, "{addr}: not an AdmissionReview");
+    }
+    // And the API server calls it: the secret is redacted at admission.
+    eventually(WAIT, "the webhook to redact dry runs", || async {
+        let out = kubectl_raw(
+            &[
+                "-n",
+                &env.ns,
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            Some(&leaky("probe", "rr-tls-probe")),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.contains("[REDACTED:") && !text.contains(PASSWORD))
+            .then_some(())
+    })
+    .await;
+    second.task.abort();
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The chart's webhook objects (helm template, no cluster).
 // ---------------------------------------------------------------------------------------------------------------
