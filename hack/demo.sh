@@ -124,6 +124,9 @@ up() {
   say "Rejected by the operator (rules the API server cannot check, or objects admitted before the rules)"
   kubectl get raudit -A -o jsonpath='{range .items[?(@.status.state=="Rejected")]}{.metadata.namespace}/{.metadata.name}: {.status.message}{"\n"}{end}'
 
+  say "Secrets never reach etcd either: the spec as stored (redacted by the admission webhook)"
+  kubectl -n checkout get raudit image-pull-backoff-fix -o jsonpath='{.spec.errorMessage}{"\n"}{.metadata.annotations.datastorage\.kubernaut\.ai/redacted-at-admission}{"\n"}' || true
+
   say "Secrets never reach the database"
   hack/pg.sh psql -d postgres -Atc \
     "SELECT name || ': ' || error_message FROM datastorage.audits WHERE name = 'image-pull-backoff-fix'"
