@@ -530,12 +530,15 @@ cmd_up() {
   make_cgroups
 
   log "etcd + kube-apiserver on $GATEWAY (hack/cp.sh, state in $CP_DIR)"
+  # --enable-aggregator-routing: the API server runs on the host, outside cluster DNS; with it, admission webhooks
+  # behind a Service (the operator's) are called at their endpoints' pod IPs, which the host routes over the bridge.
   CP_BIND_ADDRESS="$GATEWAY" CP_AUTHORIZATION_MODE=Node,RBAC CP_EXTRA_SANS="IP:$GATEWAY,IP:$KUBERNETES_SVC_IP" \
     CP_APISERVER_EXTRA_ARGS="--service-cluster-ip-range=$SERVICE_CIDR
 --endpoint-reconciler-type=lease
 --kubelet-client-certificate=$CP_DIR/admin.crt
 --kubelet-client-key=$CP_DIR/admin.key
---kubelet-preferred-address-types=InternalIP" \
+--kubelet-preferred-address-types=InternalIP
+--enable-aggregator-routing=true" \
     "$HACK_DIR/cp.sh" up >/dev/null
   # shellcheck disable=SC1091
   source "$CP_DIR/state"

@@ -1,9 +1,13 @@
 //! The two custom resources, `RemediationAudit` and `DataStorage` (group `datastorage.kubernaut.ai`, `v1alpha1`).
 //!
 //! The doc comments on every field become the CRD's OpenAPI descriptions, so `kubectl explain remediationaudit.spec`
-//! reads like a manual. Schema rules enforced here by the API server are the structural ones (types, required
-//! fields, enums); content rules that count bytes or compare fields (lengths, patterns, time order, secrets, markup,
-//! duplicates) are checked by the operator's validator, which reports every failure on the resource's status.
+//! reads like a manual. The API server enforces the structural rules (types, required fields, enums) and, at apply
+//! time, every content rule of the operator's validator that CEL can express ([`audit_spec_rules`]: blank required
+//! fields, byte lengths, NUL and control characters, markup in identifiers, the `actionType` pattern, `endTime` not
+//! before `startTime`), with the validator's own messages. The rest (a start time in the future, credentials in the
+//! opaque ids, the size and depth of `details`, duplicates) is the operator's: its validator still checks every rule
+//! (objects admitted before these rules existed, or by an API server that skipped them) and reports each failure on
+//! the resource's status.
 
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -45,6 +49,7 @@ pub const VERSION: &str = "v1alpha1";
     selectable = ".status.state"
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = audit_spec_rules)]
 pub struct RemediationAuditSpec {
     /// Identifier of the remediation request that produced this action (1–255 bytes). Unique in the store: a
     /// second RemediationAudit with the same id is rejected as `duplicate`.
@@ -665,6 +670,104 @@ pub enum StorePhase {
     Ready,
     Degraded,
     Failed,
+}
+
+/// Longest `startTime`/`endTime` accepted by the schema (RFC 3339 with nanoseconds and an offset is 35 bytes);
+/// bounds the CEL cost of the time-order rule.
+pub const MAX_TIME_LENGTH: usize = 64;
+
+/// The validator's text rules as the API server's: `maxLength` (characters, which never exceed bytes, so nothing the
+/// validator accepts is refused) and one `x-kubernetes-validations` rule per check, each with the validator's message.
+/// Each rule is guarded by the checks before it, so a value breaks at most one rule, the one the validator reports
+/// (blank, then too long, NUL, control characters, markup, the `actionType` pattern). Plus `endTime >= startTime`
+/// on the spec (both are `format: date-time`, timestamps in CEL), reported on `spec.endTime`.
+fn audit_spec_rules(schema: &mut Schema) {
+    use crate::audit::validate::{ACTION_TYPE_PATTERN, TEXT_RULES, messages};
+    use serde_json::{Value, json};
+    let markup = crate::audit::sanitize::markup_pattern_re2();
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for rule in &TEXT_RULES {
+        let Some(prop) = props.get_mut(rule.field).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let max = rule.max_bytes;
+        prop.insert("maxLength".into(), json!(max));
+        // (failure condition, message or message expression, reason) in the validator's order.
+        let mut checks: Vec<(String, Value)> = vec![(
+            format!("bytes(self).size() > {max}"),
+            json!({
+                "messageExpression": format!("'{}'.format([bytes(self).size()])", messages::too_long_format(max)),
+                "message": messages::too_long(max + 1, max).replace(&format!("is {} bytes long", max + 1), "is too long"),
+            }),
+        )];
+        checks.push((
+            r"self.contains('\u0000')".into(),
+            json!({ "message": messages::NUL }),
+        ));
+        if rule.identifier {
+            checks.push((
+                format!("self.matches({})", cel_raw(CONTROL_CHARACTERS)),
+                json!({ "message": messages::CONTROL }),
+            ));
+            checks.push((
+                format!("self.matches({})", cel_raw(&markup)),
+                json!({ "message": messages::MARKUP }),
+            ));
+        }
+        if rule.field == "actionType" {
+            checks.push((
+                format!("!self.matches({})", cel_raw(ACTION_TYPE_PATTERN)),
+                json!({ "message": messages::ACTION_TYPE }),
+            ));
+        }
+        let mut rules = Vec::new();
+        if rule.required {
+            rules.push(json!({
+                "rule": "self.trim() != ''",
+                "message": messages::BLANK,
+                "reason": "FieldValueRequired",
+            }));
+        }
+        let mut guards = vec!["self.trim() == ''".to_string()];
+        for (fails, message) in checks {
+            let mut r = json!({
+                "rule": format!("{} || !({fails})", guards.join(" || ")),
+                "reason": "FieldValueInvalid",
+            });
+            if let (Some(r), Some(m)) = (r.as_object_mut(), message.as_object()) {
+                r.extend(m.clone());
+            }
+            rules.push(r);
+            guards.push(fails);
+        }
+        prop.insert("x-kubernetes-validations".into(), Value::Array(rules));
+    }
+    for field in ["startTime", "endTime"] {
+        if let Some(prop) = props.get_mut(field).and_then(Value::as_object_mut) {
+            prop.insert("maxLength".into(), json!(MAX_TIME_LENGTH));
+        }
+    }
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "!has(self.endTime) || self.endTime >= self.startTime",
+            "messageExpression": format!("'{}'.format([self.endTime, self.startTime])", messages::time_order("%s", "%s")),
+            "message": "is before startTime",
+            "fieldPath": ".endTime",
+            "reason": "FieldValueInvalid",
+        }]),
+    );
+}
+
+/// Control characters other than NUL (Rust's `char::is_control`: Unicode Cc), as an RE2 class.
+const CONTROL_CHARACTERS: &str = r"[\x{01}-\x{1f}\x{7f}-\x{9f}]";
+
+/// A CEL raw string literal holding `s` verbatim (`r'…'`: backslashes are not escapes). `s` must not contain `'`.
+fn cel_raw(s: &str) -> String {
+    debug_assert!(!s.contains('\''), "{s}");
+    format!("r'{s}'")
 }
 
 fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {

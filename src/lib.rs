@@ -2,6 +2,7 @@
 //! PostgreSQL + pgvector.
 //!
 //! Map of the code:
+//! - [`admission`]: the mutating admission webhook (secrets redacted before etcd; TLS; its certificate).
 //! - [`crd`]: the two custom resources (`RemediationAudit`, `DataStorage`).
 //! - [`audit`]: the pure steps of one audit's journey (validate, sanitize, canonical record and hash chain,
 //!   embedding text, status).
@@ -14,6 +15,7 @@
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
 //!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod backfill;

@@ -40,7 +40,7 @@ enum Command {
     Version,
     /// Run the operator: the DataStorage and RemediationAudit controllers, the embedding backfill, and the
     /// operations endpoints (/metrics, /healthz, /readyz).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate and sanitize RemediationAudit YAML/JSON documents without a cluster or database. Prints one JSON
     /// report per document; exit code 0 when all are valid, 1 when any is invalid, 2 when the input is unreadable.
     Check {
@@ -129,6 +129,44 @@ struct RunArgs {
     /// Seconds between two checkpoints.
     #[arg(long, env = "DATASTORAGE_CHECKPOINT_SECONDS", default_value_t = 300)]
     checkpoint_seconds: u64,
+    /// Serve the mutating admission webhook (POST /mutate, TLS) on this address (default: not served).
+    #[arg(long, env = "DATASTORAGE_ADMISSION_ADDR")]
+    admission_addr: Option<std::net::SocketAddr>,
+    /// The webhook's serving certificate (PEM, e.g. cert-manager's tls.crt); with --admission-key-file. Without
+    /// them the operator manages its own CA and certificate (--admission-secret).
+    #[arg(
+        long,
+        env = "DATASTORAGE_ADMISSION_CERT_FILE",
+        requires = "admission_key_file"
+    )]
+    admission_cert_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "DATASTORAGE_ADMISSION_KEY_FILE",
+        requires = "admission_cert_file"
+    )]
+    admission_key_file: Option<PathBuf>,
+    /// Secret (in the lease namespace: the operator's own) holding the self-managed CA and serving certificate.
+    #[arg(
+        long,
+        env = "DATASTORAGE_ADMISSION_SECRET",
+        default_value = "datastorage-admission-tls"
+    )]
+    admission_secret: String,
+    /// The Service the API server calls the webhook through (its DNS names go into the self-managed certificate).
+    #[arg(
+        long,
+        env = "DATASTORAGE_ADMISSION_SERVICE",
+        default_value = "datastorage-operator"
+    )]
+    admission_service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator sets (self-managed certificate).
+    #[arg(
+        long,
+        env = "DATASTORAGE_ADMISSION_WEBHOOK_CONFIGURATION",
+        default_value = "datastorage-operator"
+    )]
+    admission_webhook_configuration: String,
 }
 
 #[tokio::main]
@@ -200,6 +238,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ),
                         }),
                     },
+                    admission: args
+                        .admission_addr
+                        .map(|addr| datastorage::operator::Admission {
+                            addr,
+                            tls: match (&args.admission_cert_file, &args.admission_key_file) {
+                                (Some(cert), Some(key)) => {
+                                    datastorage::operator::AdmissionTls::Files {
+                                        cert: cert.clone(),
+                                        key: key.clone(),
+                                    }
+                                }
+                                _ => datastorage::operator::AdmissionTls::SelfManaged {
+                                    namespace: args.lease_namespace.clone(),
+                                    secret: args.admission_secret.clone(),
+                                    service: args.admission_service.clone(),
+                                    webhook_configuration: args
+                                        .admission_webhook_configuration
+                                        .clone(),
+                                },
+                            },
+                        }),
                 },
             )
             .await?;

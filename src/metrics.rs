@@ -30,6 +30,8 @@ pub const QUERY_STATUSES: [&str; 5] = [
     "client_error",
     "server_error",
 ];
+/// `result` values of `datastorage_admission_reviews_total` for reviews that failed.
+pub const ADMISSION_ERRORS: [&str; 3] = ["bad_request", "internal", "timeout"];
 /// `controller` label values of the reconcile metrics.
 pub const CONTROLLERS: [&str; 2] = ["remediationaudit", "datastorage"];
 /// `(table, status)` pairs of `datastorage_write_total` the code produces.
@@ -88,6 +90,17 @@ pub struct Metrics {
     pub backfill_embedded: IntCounter,
     /// `datastorage_redactions_total{kind}`.
     pub redactions: IntCounterVec,
+    /// `datastorage_redacted_at_admission_total{kind}`: secrets the admission webhook removed from a RemediationAudit
+    /// before it reached etcd, counted by the controller when it stores that generation (from the webhook's
+    /// annotation, so a replica serving the webhook and the leader agree, and dry runs are not counted).
+    pub redacted_at_admission: IntCounterVec,
+    /// `datastorage_specs_redacted_total`: RemediationAudits whose own spec the controller redacted in place (admitted
+    /// while the webhook was unreachable, or before it existed).
+    pub specs_redacted: IntCounter,
+    /// `datastorage_admission_reviews_total{result}`: AdmissionReviews this replica answered (`redacted`, `clean`,
+    /// `denied`, `skipped`) or failed (`bad_request`, `internal`, `timeout`; the API server then applies its
+    /// failurePolicy).
+    pub admission_reviews: IntCounterVec,
     /// `datastorage_leader`: 1 while this replica holds the Lease (and writes).
     pub leader: IntGauge,
     /// `datastorage_db_pool_connections{state}` (state = idle | in_use).
@@ -211,6 +224,24 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            redacted_at_admission: IntCounterVec::new(
+                Opts::new(
+                    "datastorage_redacted_at_admission_total",
+                    "Secrets redacted by the admission webhook before the RemediationAudit reached etcd, by kind",
+                ),
+                &["kind"],
+            )?,
+            specs_redacted: IntCounter::new(
+                "datastorage_specs_redacted_total",
+                "RemediationAudits whose spec the controller redacted in place (admitted without the webhook)",
+            )?,
+            admission_reviews: IntCounterVec::new(
+                Opts::new(
+                    "datastorage_admission_reviews_total",
+                    "AdmissionReviews answered by the webhook, by result",
+                ),
+                &["result"],
+            )?,
             leader: IntGauge::new(
                 "datastorage_leader",
                 "1 while this replica holds the leader Lease and writes",
@@ -289,6 +320,10 @@ impl Metrics {
         m.registry.register(Box::new(m.embedding_backlog.clone()))?;
         m.registry.register(Box::new(m.backfill_embedded.clone()))?;
         m.registry.register(Box::new(m.redactions.clone()))?;
+        m.registry
+            .register(Box::new(m.redacted_at_admission.clone()))?;
+        m.registry.register(Box::new(m.admission_reviews.clone()))?;
+        m.registry.register(Box::new(m.specs_redacted.clone()))?;
         m.registry.register(Box::new(m.leader.clone()))?;
         m.registry.register(Box::new(m.pool_connections.clone()))?;
         m.registry
@@ -337,6 +372,14 @@ impl Metrics {
         }
         for kind in SecretKind::ALL {
             self.redactions.with_label_values(&[kind.as_str()]);
+            self.redacted_at_admission
+                .with_label_values(&[kind.as_str()]);
+        }
+        for v in crate::admission::Verdict::ALL {
+            self.admission_reviews.with_label_values(&[v.as_str()]);
+        }
+        for e in ADMISSION_ERRORS {
+            self.admission_reviews.with_label_values(&[e]);
         }
         for result in [
             "stored",
@@ -358,6 +401,11 @@ impl Metrics {
             "timeout" => self.dualwrite_failure.with_label_values(&["timeout"]).inc(),
             _ => self.fallback_mode.inc(),
         }
+    }
+
+    /// Counts an AdmissionReview the webhook could not answer (`e` one of [`ADMISSION_ERRORS`]).
+    pub fn admission_error(&self, e: &'static str) {
+        self.admission_reviews.with_label_values(&[e]).inc();
     }
 
     /// Counts one rejected audit and each of its `(field, reason)` failures.

@@ -7,7 +7,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::controller::datastorage::DsContext;
 use crate::controller::{audit, datastorage};
@@ -27,6 +27,74 @@ pub struct Options {
     pub leader_election: Option<LeaderElection>,
     /// Signed chain-head checkpoints outside PostgreSQL (`None`: none are taken, `verify` uses the database alone).
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// The mutating admission webhook (`None`: not served).
+    pub admission: Option<Admission>,
+}
+
+/// Where and with which certificate every replica serves the admission webhook (`POST /mutate`, TLS).
+#[derive(Clone)]
+pub struct Admission {
+    pub addr: SocketAddr,
+    pub tls: AdmissionTls,
+}
+
+/// The webhook's serving certificate.
+#[derive(Clone)]
+pub enum AdmissionTls {
+    /// PEM files, read at start-up (cert-manager's Secret, mounted).
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    /// Managed by the operator: CA and certificate in Secret `namespace/secret` (created by the first replica), for
+    /// Service `service`; the CA goes into the `caBundle` of MutatingWebhookConfiguration `webhook_configuration`.
+    SelfManaged {
+        namespace: String,
+        secret: String,
+        service: String,
+        webhook_configuration: String,
+    },
+    /// Given in memory (tests).
+    Pem(crate::admission::server::TlsPem),
+}
+
+/// The webhook's certificate and key, per its [`AdmissionTls`]; with `SelfManaged`, also sets the CA bundle.
+async fn admission_tls(
+    client: &Client,
+    tls: &AdmissionTls,
+) -> anyhow::Result<crate::admission::server::TlsPem> {
+    use crate::admission::{certs, server::TlsPem};
+    Ok(match tls {
+        AdmissionTls::Pem(p) => p.clone(),
+        AdmissionTls::Files { cert, key } => TlsPem {
+            cert_chain: std::fs::read_to_string(cert)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?,
+            key: std::fs::read_to_string(key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?,
+        },
+        AdmissionTls::SelfManaged {
+            namespace,
+            secret,
+            service,
+            webhook_configuration,
+        } => {
+            let bundle = certs::ensure_secret(
+                client,
+                namespace,
+                secret,
+                &certs::service_dns_names(service, namespace),
+            )
+            .await?;
+            // Not fatal: without the bundle the API server cannot call the webhook, and the failurePolicy (Ignore)
+            // and the controller's in-place redaction take over; the next start tries again.
+            if let Err(e) =
+                certs::inject_ca_bundle(client, webhook_configuration, &bundle.ca_pem).await
+            {
+                warn!(error = %e, configuration = %webhook_configuration, "cannot set the webhook's caBundle");
+            }
+            bundle.serving
+        }
+    })
 }
 
 /// Where the leader Lease lives and who this replica is.
@@ -45,6 +113,8 @@ pub struct Running {
     pub ops_addr: SocketAddr,
     /// Where the query API is served (useful with port 0).
     pub api_addr: SocketAddr,
+    /// Where the admission webhook is served (when configured).
+    pub admission_addr: Option<SocketAddr>,
     pub context: Arc<Context>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -104,6 +174,25 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
     let api = axum::serve(api_listener, crate::api::router(ctx.clone()));
 
+    // The webhook's port is bound now (so its address is known); its certificate may need the API server (the
+    // self-managed Secret), which is retried in the background: the controllers never wait for the webhook, whose
+    // absence the failurePolicy (Ignore) and the controller's in-place redaction cover.
+    let mut admission_addr = None;
+    let admission = match &opts.admission {
+        None => None,
+        Some(a) => {
+            let listener = crate::admission::server::bind(a.addr).await?;
+            admission_addr = Some(listener.local_addr()?);
+            Some(serve_admission(ctx.clone(), a.tls.clone(), listener))
+        }
+    };
+    let admission = async move {
+        match admission {
+            Some(serving) => serving.await,
+            None => std::future::pending().await,
+        }
+    };
+
     let task_ctx = ctx.clone();
     let task = tokio::spawn(async move {
         // When this task ends (shutdown or abort) every receiver of the leader channel is dropped, and the lease
@@ -116,6 +205,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             _ = write_while_leader(task_ctx, opts.namespace, leader_rx) => Ok(()),
             r = ops => r.map_err(anyhow::Error::from),
             r = api => r.map_err(anyhow::Error::from),
+            () = admission => Ok(()),
         };
         info!("stopped");
         result
@@ -123,9 +213,45 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     Ok(Running {
         ops_addr,
         api_addr,
+        admission_addr,
         context: ctx,
         task,
     })
+}
+
+/// Gets the webhook's certificate (retrying every 10 s), then serves it. With a self-managed certificate the CA bundle
+/// is set again every minute: a `helm template | kubectl apply` (GitOps) of the webhook configuration has none.
+async fn serve_admission(ctx: Arc<Context>, tls: AdmissionTls, listener: tokio::net::TcpListener) {
+    use crate::admission::server;
+    let config = loop {
+        match admission_tls(&ctx.client, &tls)
+            .await
+            .and_then(|pem| server::tls_config(&pem))
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, "admission webhook: no certificate yet; retrying in 10s");
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving the admission webhook (POST /mutate, TLS)");
+    }
+    let serving = server::serve(listener, config, server::router(ctx.clone()));
+    let refresh = async {
+        let AdmissionTls::SelfManaged { .. } = &tls else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            // Reads the same Secret (never regenerates an existing one) and patches only a missing or stale bundle.
+            if let Err(e) = admission_tls(&ctx.client, &tls).await {
+                debug!(error = %e, "admission webhook: caBundle refresh");
+            }
+        }
+    };
+    tokio::join!(serving, refresh);
 }
 
 /// Runs the writers while `leader` is true and stops them as soon as it turns false.

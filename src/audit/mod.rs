@@ -45,6 +45,29 @@ pub struct Prepared {
     pub end_time: Option<DateTime<Utc>>,
 }
 
+/// The validation errors for free-text fields holding markup under the `Reject` policy: one per spec field
+/// (`details.a[0].msg` is reported on `details`, the metric's `field` label being the spec field).
+pub fn html_rejections(rejected: &[sanitize::HtmlRejected]) -> Vec<FieldError> {
+    let mut fields: Vec<&str> = Vec::new();
+    for r in rejected {
+        let top = r.field.split(['.', '[']).next().unwrap_or("details");
+        if !fields.contains(&top) {
+            fields.push(top);
+        }
+    }
+    fields
+        .into_iter()
+        .map(|field| {
+            FieldError::new(
+                field,
+                Reason::XssDetected,
+                "contains active markup (script/iframe/object elements, javascript: URLs or event handlers) \
+                 and the DataStorage's sanitization.html policy is Reject",
+            )
+        })
+        .collect()
+}
+
 /// Validates and sanitizes one generation of a RemediationAudit. Pure: `now` is passed in.
 pub fn prepare(
     meta: &AuditMeta,
@@ -54,27 +77,8 @@ pub fn prepare(
 ) -> Result<Prepared, Vec<FieldError>> {
     let times = validate::validate(spec, now)?;
     // Every free-text field and string of `details`: secrets redacted, markup stripped (or refused), in one pass.
-    let clean = sanitize::sanitize_spec(spec, config).map_err(|rejected| {
-        let mut fields: Vec<&str> = Vec::new();
-        for r in &rejected {
-            // `details.a[0].msg` is reported on `details`: the metric's `field` label is the spec field.
-            let top = r.field.split(['.', '[']).next().unwrap_or("details");
-            if !fields.contains(&top) {
-                fields.push(top);
-            }
-        }
-        fields
-            .into_iter()
-            .map(|field| {
-                FieldError::new(
-                    field,
-                    Reason::XssDetected,
-                    "contains active markup (script/iframe/object elements, javascript: URLs or event handlers) \
-                     and the DataStorage's sanitization.html policy is Reject",
-                )
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let clean =
+        sanitize::sanitize_spec(spec, config).map_err(|rejected| html_rejections(&rejected))?;
     let sanitize::Sanitized {
         value: clean,
         redactions,

@@ -19,6 +19,8 @@ pub enum Outcome {
         /// Secrets redacted / markup removed, for the message.
         redactions: usize,
         markup_removed: bool,
+        /// What the admission webhook redacted before the object reached etcd (`jwt=1,password_kv=2`; empty: none).
+        redacted_at_admission: String,
     },
     /// Invalid; not retried until the spec changes.
     Rejected { errors: Vec<FieldError> },
@@ -62,6 +64,7 @@ pub fn compute(
             embedding,
             redactions,
             markup_removed,
+            redacted_at_admission,
         } => {
             set("Validated", true, "Valid", "all rules passed");
             set("Persisted", true, "Stored", "stored with its history entry");
@@ -73,6 +76,9 @@ pub fn compute(
             }
             if *markup_removed {
                 message.push_str("; active markup removed from free text");
+            }
+            if !redacted_at_admission.is_empty() {
+                message.push_str(&format!("; redacted at admission: {redacted_at_admission}"));
             }
             RemediationAuditStatus {
                 state: Some(AuditState::Persisted),
@@ -197,6 +203,7 @@ mod tests {
             embedding: EmbeddingState::Stored,
             redactions: 1,
             markup_removed: false,
+            redacted_at_admission: String::new(),
         }
     }
 

@@ -110,7 +110,7 @@ pub const MAX_DETAILS_DEPTH: usize = 32;
 pub const MAX_FUTURE: Duration = Duration::hours(1);
 
 static ACTION_TYPE: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$").ok());
+    LazyLock::new(|| Regex::new(ACTION_TYPE_PATTERN).ok());
 
 /// The spec's times, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,68 +120,114 @@ pub struct Times {
     pub duration_ms: Option<i64>,
 }
 
+/// One text field of the spec and its rules. The same table drives [`validate`] and the CRD's schema
+/// ([`crate::crd`]: `maxLength` and the `x-kubernetes-validations` that the API server checks at apply time), so
+/// both report the same limits with the same messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextRule {
+    /// The spec field's JSON name.
+    pub field: &'static str,
+    pub max_bytes: usize,
+    /// Required and not blank.
+    pub required: bool,
+    /// Identifiers: no control characters, no markup.
+    pub identifier: bool,
+}
+
+const fn text(field: &'static str, max_bytes: usize, required: bool, identifier: bool) -> TextRule {
+    TextRule {
+        field,
+        max_bytes,
+        required,
+        identifier,
+    }
+}
+
+/// Every text field of the spec with its rules, in the order the errors are reported.
+pub const TEXT_RULES: [TextRule; 9] = [
+    text("remediationRequestId", 255, true, true),
+    text("alertFingerprint", 255, true, true),
+    text("alertName", 255, false, true),
+    text("actionType", 100, true, true),
+    text("severity", 50, true, true),
+    text("environment", 50, true, true),
+    text("clusterName", 255, true, true),
+    text("targetResource", 512, true, true),
+    text("errorMessage", MAX_ERROR_MESSAGE_BYTES, false, false),
+];
+
+/// `actionType`'s pattern (the same in Rust's `regex` and the API server's RE2).
+pub const ACTION_TYPE_PATTERN: &str = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$";
+
+/// The messages of the rules (shared with the CRD's validation rules).
+pub mod messages {
+    pub const REQUIRED: &str = "is required";
+    pub const BLANK: &str = "is required and must not be blank";
+    pub const NUL: &str = "contains a NUL character, which PostgreSQL cannot store";
+    pub const CONTROL: &str = "contains control characters";
+    pub const MARKUP: &str = "contains markup (HTML tags, javascript: URLs or event handlers), which identifiers never do";
+    pub const ACTION_TYPE: &str = "must be lowercase letters, digits, '.', '_' or '-', starting and ending with a \
+                                   letter or digit (e.g. restart-pod)";
+
+    /// A value longer than its field's limit.
+    pub fn too_long(len: usize, max_bytes: usize) -> String {
+        too_long_format(max_bytes).replacen("%d", &len.to_string(), 1)
+    }
+
+    /// [`too_long`] as a CEL format string (`%d`: the length).
+    pub fn too_long_format(max_bytes: usize) -> String {
+        format!("is %d bytes long; the limit is {max_bytes} bytes")
+    }
+
+    /// `endTime` before `startTime` (both as written in the spec, as the API server shows them too).
+    pub fn time_order(end: &str, start: &str) -> String {
+        format!("{end} is before startTime {start}")
+    }
+}
+
+fn text_value<'a>(spec: &'a RemediationAuditSpec, field: &str) -> Option<&'a str> {
+    Some(match field {
+        "remediationRequestId" => &spec.remediation_request_id,
+        "alertFingerprint" => &spec.alert_fingerprint,
+        "alertName" => return spec.alert_name.as_deref(),
+        "actionType" => &spec.action_type,
+        "severity" => &spec.severity,
+        "environment" => &spec.environment,
+        "clusterName" => &spec.cluster_name,
+        "targetResource" => &spec.target_resource,
+        "errorMessage" => return spec.error_message.as_deref(),
+        _ => return None,
+    })
+}
+
 /// Checks every rule of a spec. On success returns the parsed times; on failure every broken rule.
 pub fn validate(spec: &RemediationAuditSpec, now: DateTime<Utc>) -> Result<Times, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let required =
-        |e: &mut Vec<FieldError>, field: &str, value: &str, max: usize, identifier: bool| {
-            check_text(e, field, Some(value), true, max, identifier)
-        };
-    required(
-        &mut errors,
-        "remediationRequestId",
-        &spec.remediation_request_id,
-        255,
-        true,
-    );
-    required(
-        &mut errors,
-        "alertFingerprint",
-        &spec.alert_fingerprint,
-        255,
-        true,
-    );
-    check_text(
-        &mut errors,
-        "alertName",
-        spec.alert_name.as_deref(),
-        false,
-        255,
-        true,
-    );
-    required(&mut errors, "actionType", &spec.action_type, 100, true);
-    if !spec.action_type.is_empty()
-        && spec.action_type.len() <= 100
-        && !ACTION_TYPE
-            .as_ref()
-            .is_some_and(|re| re.is_match(&spec.action_type))
-        && !errors.iter().any(|e| e.field == "actionType")
-    {
-        errors.push(FieldError::new(
-            "actionType",
-            Reason::Invalid,
-            "must be lowercase letters, digits, '.', '_' or '-', starting and ending with a letter or digit \
-             (e.g. restart-pod)",
-        ));
+    for rule in &TEXT_RULES {
+        let value = text_value(spec, rule.field);
+        check_text(
+            &mut errors,
+            rule.field,
+            value,
+            rule.required,
+            rule.max_bytes,
+            rule.identifier,
+        );
+        if rule.field == "actionType"
+            && !spec.action_type.is_empty()
+            && spec.action_type.len() <= rule.max_bytes
+            && !ACTION_TYPE
+                .as_ref()
+                .is_some_and(|re| re.is_match(&spec.action_type))
+            && !errors.iter().any(|e| e.field == "actionType")
+        {
+            errors.push(FieldError::new(
+                "actionType",
+                Reason::Invalid,
+                messages::ACTION_TYPE,
+            ));
+        }
     }
-    required(&mut errors, "severity", &spec.severity, 50, true);
-    required(&mut errors, "environment", &spec.environment, 50, true);
-    required(&mut errors, "clusterName", &spec.cluster_name, 255, true);
-    required(
-        &mut errors,
-        "targetResource",
-        &spec.target_resource,
-        512,
-        true,
-    );
-    check_text(
-        &mut errors,
-        "errorMessage",
-        spec.error_message.as_deref(),
-        false,
-        MAX_ERROR_MESSAGE_BYTES,
-        false,
-    );
     if let Some(details) = &spec.details {
         check_details(&mut errors, details);
     }
@@ -202,17 +248,13 @@ fn check_text(
 ) {
     let Some(value) = value else {
         if required {
-            errors.push(FieldError::new(field, Reason::Required, "is required"));
+            errors.push(FieldError::new(field, Reason::Required, messages::REQUIRED));
         }
         return;
     };
     if value.trim().is_empty() {
         if required {
-            errors.push(FieldError::new(
-                field,
-                Reason::Required,
-                "is required and must not be blank",
-            ));
+            errors.push(FieldError::new(field, Reason::Required, messages::BLANK));
         }
         return;
     }
@@ -220,33 +262,22 @@ fn check_text(
         errors.push(FieldError::new(
             field,
             Reason::LengthExceeded,
-            format!(
-                "is {} bytes long; the limit is {max_bytes} bytes",
-                value.len()
-            ),
+            messages::too_long(value.len(), max_bytes),
         ));
         return;
     }
     if value.contains('\0') {
-        errors.push(FieldError::new(
-            field,
-            Reason::Invalid,
-            "contains a NUL character, which PostgreSQL cannot store",
-        ));
+        errors.push(FieldError::new(field, Reason::Invalid, messages::NUL));
         return;
     }
     if identifier {
         if value.chars().any(|c| c.is_control()) {
-            errors.push(FieldError::new(
-                field,
-                Reason::Invalid,
-                "contains control characters",
-            ));
+            errors.push(FieldError::new(field, Reason::Invalid, messages::CONTROL));
         } else if contains_markup(value) {
             errors.push(FieldError::new(
                 field,
                 Reason::XssDetected,
-                "contains markup (HTML tags, javascript: URLs or event handlers), which identifiers never do",
+                messages::MARKUP,
             ));
         } else if OPAQUE_ID_FIELDS.contains(&field)
             && let Some(kind) = super::sanitize::redact_secrets(value).1.first()
@@ -349,7 +380,7 @@ fn check_details(
 
 fn parse_time(errors: &mut Vec<FieldError>, field: &str, value: &str) -> Option<DateTime<Utc>> {
     if value.trim().is_empty() {
-        errors.push(FieldError::new(field, Reason::Required, "is required"));
+        errors.push(FieldError::new(field, Reason::Required, messages::REQUIRED));
         return None;
     }
     match DateTime::parse_from_rfc3339(value) {
@@ -398,11 +429,7 @@ fn check_times(
             errors.push(FieldError::new(
                 "endTime",
                 Reason::TimeOrder,
-                format!(
-                    "{} is before startTime {}",
-                    e.to_rfc3339(),
-                    start_t.to_rfc3339()
-                ),
+                messages::time_order(end.unwrap_or_default().trim(), start.trim()),
             ));
         } else if e > limit {
             errors.push(FieldError::new(

@@ -98,6 +98,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let _health = WatchHealthReset(ctx.clone());
     Controller::for_stream(objects, reader)
         .reconcile_all_on(relisted)
+        .reconcile_all_on(sanitizer_changes(ctx.runtime.clone()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -106,6 +107,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
+}
+
+/// Fires when the store runtime appears or its sanitization settings change: settled audits are looked at again
+/// then, so the sweep (a settled audit whose spec still holds secrets is redacted in place) also covers the objects
+/// first reconciled before the DataStorage was ready. The runtime is republished on every DataStorage reconcile;
+/// only a change of what the sweep depends on fires.
+fn sanitizer_changes(
+    rx: tokio::sync::watch::Receiver<Option<Arc<StoreRuntime>>>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let seen = rx.borrow().as_ref().map(|rt| rt.sanitize);
+    futures::stream::unfold((rx, seen), |(mut rx, mut seen)| async move {
+        loop {
+            rx.changed().await.ok()?;
+            let now = rx.borrow_and_update().as_ref().map(|rt| rt.sanitize);
+            if now != seen {
+                seen = now;
+                return Some(((), (rx, seen)));
+            }
+        }
+    })
 }
 
 /// Forgets the watch's failures when the controller stops (or is aborted on losing the Lease): a replica that does
@@ -202,7 +223,17 @@ async fn reconcile_inner(obj: &AuditObject, ctx: &Context) -> Result<Action, Err
     if add_finalizer {
         apply::add_finalizer(&target).await?;
     }
+    let settled = next == Next::Wait && is_settled(obj);
     let action = step(&target, next, rt.as_deref(), !add_finalizer, ctx).await?;
+    // The sweep: a settled audit whose spec still holds secrets (admitted while the webhook was unreachable, or
+    // before it existed) has them redacted in place. Every object is reconciled after each (re)list, so existing
+    // CRs are cleaned once at start-up; the check is the pure sanitizer on the cached spec.
+    if settled
+        && let Some(rt) = rt.as_deref()
+        && apply::holds_secrets(obj, rt.sanitize)
+    {
+        apply::redact_spec(&target, ctx, rt.sanitize).await?;
+    }
     ctx.reset_backoff(&target.key());
     Ok(action)
 }
@@ -283,6 +314,7 @@ async fn write_current(
             embedding,
             redactions,
             markup_removed,
+            redacted_at_admission,
         } => {
             let persisted = Outcome::Persisted {
                 audit_id: stored.audit_id,
@@ -294,6 +326,7 @@ async fn write_current(
                 embedding,
                 redactions,
                 markup_removed,
+                redacted_at_admission,
             };
             (persisted, None)
         }
@@ -317,6 +350,16 @@ async fn write_current(
     apply::set_status(t, ctx, &outcome).await?;
     if let Some(e) = failed {
         return Err(Error::Store(e));
+    }
+    // Stored redacted; the resource's own spec still holds the secrets (no webhook at admission): redact it too.
+    if let Outcome::Persisted {
+        redactions,
+        markup_removed,
+        ..
+    } = &outcome
+        && (*redactions > 0 || *markup_removed)
+    {
+        apply::redact_spec(t, ctx, rt.sanitize).await?;
     }
     Ok(after_status(&outcome))
 }
@@ -439,6 +482,7 @@ mod tests {
             embedding,
             redactions: 0,
             markup_removed: false,
+            redacted_at_admission: String::new(),
         };
         let recheck = Action::requeue(decide::EMBEDDING_RECHECK);
         assert_eq!(after_status(&persisted(EmbeddingState::Pending)), recheck);

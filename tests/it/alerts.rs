@@ -145,6 +145,7 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
             model_dir: None,
             leader_election: None,
             checkpoint: None,
+            admission: None,
         },
     )
     .await

@@ -76,6 +76,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
                 duration_seconds: 10,
             }),
             checkpoint: Some(checkpoint_config(&ns)),
+            admission: None,
         },
     )
     .await

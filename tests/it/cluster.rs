@@ -220,7 +220,8 @@ async fn ensure_namespace(client: &Client, name: &str) {
 }
 
 /// The NetworkPolicy's shape (the node's bridge CNI does not enforce NetworkPolicies, so only the object is
-/// checked): it selects exactly the operator's pods, admits ingress to the api and metrics ports only, and allows
+/// checked): it selects exactly the operator's pods, admits ingress to the api, metrics and admission-webhook ports
+/// only (the webhook's from anywhere: the API server is not a pod), and allows
 /// egress to the listed TCP ports and DNS over UDP.
 #[test]
 fn network_policy_shape() {
@@ -239,7 +240,14 @@ fn network_policy_shape() {
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
     let ingress = spec["ingress"].as_array().unwrap();
     let ports: Vec<&Value> = ingress.iter().map(|r| &r["ports"][0]["port"]).collect();
-    assert_eq!(ports, [&json!("api"), &json!("metrics")]);
+    assert_eq!(
+        ports,
+        [&json!("api"), &json!("metrics"), &json!("admission")]
+    );
+    assert!(
+        ingress[2].get("from").is_none(),
+        "the API server calls the webhook"
+    );
     assert_eq!(
         ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
         "sre"

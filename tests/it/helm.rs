@@ -148,10 +148,11 @@ fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
         .iter()
         .map(|p| p["containerPort"].as_i64().unwrap())
         .collect();
-    assert_eq!(ports, [8080, 8081]);
+    // The query API, the operations endpoints, the admission webhook.
+    assert_eq!(ports, [8080, 8081, 9443]);
     assert!(c["resources"]["limits"]["memory"].is_string());
     let svc = of_kind(&docs, "Service")[0];
-    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 3);
     assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
     assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 1);
     assert_eq!(of_kind(&docs, "CustomResourceDefinition").len(), 2);

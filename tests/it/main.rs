@@ -9,6 +9,7 @@
 
 mod support;
 
+mod admission;
 mod admission_policy;
 mod alerts;
 mod api;

@@ -58,6 +58,20 @@ fn scheme_pattern(gaps: bool) -> String {
     )
 }
 
+/// The source of [`contains_markup`]'s regex.
+fn markup_source() -> String {
+    let in_tag = scheme_pattern(true);
+    format!(
+        r"(?i)<[a-z/!?][^<>]*>|<!--|<(?:script|iframe|object|embed|applet|frame|svg|img|style|link|meta|base|form|math|body|video|audio|input)(?-u:\b)|{in_tag}|(?-u:\b)on[a-z]+[ \t\r\n]*="
+    )
+}
+
+/// [`contains_markup`]'s rule as an RE2 pattern for the API server (the CRD's validation rules use it through CEL's
+/// `matches`): the same regex, with Rust's ASCII word boundary `(?-u:\b)` written as RE2's `\b` (ASCII only).
+pub fn markup_pattern_re2() -> String {
+    markup_source().replace(r"(?-u:\b)", r"\b")
+}
+
 static HTML: LazyLock<Html> = LazyLock::new(|| {
     let in_tag = scheme_pattern(true);
     Html {
@@ -75,9 +89,7 @@ static HTML: LazyLock<Html> = LazyLock::new(|| {
         ),
         js_in_tag: compile(&format!("(?i){in_tag}")),
         js_text: compile(&format!(r#"(?i){}[^\s"'<>]+"#, scheme_pattern(false))),
-        markup: compile(&format!(
-            r"(?i)<[a-z/!?][^<>]*>|<!--|<(?:script|iframe|object|embed|applet|frame|svg|img|style|link|meta|base|form|math|body|video|audio|input)(?-u:\b)|{in_tag}|(?-u:\b)on[a-z]+[ \t\r\n]*="
-        )),
+        markup: compile(&markup_source()),
     }
 });
 

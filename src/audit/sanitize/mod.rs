@@ -46,7 +46,7 @@ use serde_json::Value;
 
 use crate::crd::RemediationAuditSpec;
 pub use engine::redact_secrets;
-pub use html::{contains_markup, strip_dangerous_html};
+pub use html::{contains_markup, markup_pattern_re2, strip_dangerous_html};
 pub use json::{DEPTH_EXCEEDED, MAX_JSON_DEPTH};
 pub use kinds::SecretKind;
 

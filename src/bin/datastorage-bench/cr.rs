@@ -742,6 +742,7 @@ pub async fn cr_to_persisted(
             leader_election: None,
             // Checkpoints (every 300 s in the chart) take one short lock per interval: none within a bench run.
             checkpoint: None,
+            admission: None,
         },
     )
     .await?;

@@ -4,11 +4,13 @@
 use chrono::{SecondsFormat, Utc};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
-use tracing::info;
+use serde_json::{Value, json};
+use tracing::{info, warn};
 
 use super::object::AuditObject;
 use super::{EXPIRED_ANNOTATION, Error, FINALIZER};
+use crate::audit::SanitizeConfig;
+use crate::audit::sanitize::sanitize_spec;
 use crate::audit::status::{self, Outcome};
 use crate::controller::MANAGER;
 use crate::crd::{AuditState, EmbeddingState, RemediationAuditStatus};
@@ -173,6 +175,86 @@ async fn set_finalizers(t: &Target<'_>, finalizers: Vec<&str>) -> Result<(), Err
     }
 }
 
+/// Whether the object's spec still holds what the sanitizer removes (secrets, active markup): an object admitted
+/// while the admission webhook was unreachable, or before it existed.
+pub fn holds_secrets(obj: &AuditObject, config: SanitizeConfig) -> bool {
+    let AuditObject::Audit(ra) = obj else {
+        return false;
+    };
+    sanitize_spec(&ra.spec, config).is_ok_and(|c| !c.redactions.is_empty() || c.markup_removed)
+}
+
+/// Redacts the resource's own spec in place: each field the sanitizer changes, and the spec inside kubectl's
+/// last-applied annotation, with one JSON Patch conditional on the resourceVersion (a concurrent change wins and the
+/// next reconcile looks again). What the webhook does at admission, done afterwards for objects admitted without it;
+/// counted in `datastorage_specs_redacted_total`. Returns whether it patched.
+pub async fn redact_spec(
+    t: &Target<'_>,
+    ctx: &Context,
+    config: SanitizeConfig,
+) -> Result<bool, Error> {
+    use crate::admission::{LAST_APPLIED, changed_fields, pointer_escape, sanitize_last_applied};
+    // The watch cache drops the last-applied annotation (trim_for_cache): read the object itself.
+    let fresh = match t.api.get(&t.name).await {
+        Ok(AuditObject::Audit(ra)) => ra,
+        Ok(AuditObject::Undecodable(_)) => return Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if fresh.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let Ok(clean) = sanitize_spec(&fresh.spec, config) else {
+        return Ok(false);
+    };
+    let mut ops = vec![json!({
+        "op": "test", "path": "/metadata/resourceVersion", "value": fresh.resource_version(),
+    })];
+    let original = serde_json::to_value(&fresh.spec).unwrap_or(Value::Null);
+    let sanitized = serde_json::to_value(&clean.value).unwrap_or(Value::Null);
+    changed_fields(&original, &sanitized, "/spec", &mut ops);
+    if let Some(applied) = fresh.annotations().get(LAST_APPLIED)
+        && let Some(clean_applied) = sanitize_last_applied(applied, config)
+    {
+        ops.push(json!({
+            "op": "replace",
+            "path": format!("/metadata/annotations/{}", pointer_escape(LAST_APPLIED)),
+            "value": clean_applied,
+        }));
+    }
+    if ops.len() == 1 {
+        return Ok(false);
+    }
+    let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(audit = %t.key(), error = %e, "cannot build the spec redaction patch");
+            return Ok(false);
+        }
+    };
+    match t
+        .api
+        .patch(
+            &t.name,
+            &PatchParams::apply(MANAGER),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Gone, changed meanwhile (the test op), or refused (a redacted value over a field's limit): look again at
+        // the next reconcile; the stored record is redacted either way.
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => {
+            warn!(audit = %t.key(), error = %e.message, "the spec still holds secrets; not redacted in place");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics.specs_redacted.inc();
+    info!(audit = %t.key(), redactions = clean.redactions.len(), "redacted the resource's spec in place");
+    Ok(true)
+}
+
 /// Deletes the resource after its TTL. The expiry annotation goes first, so the finalizer knows to check whether
 /// the deletion is the operator's (see [`super::decide::own_ttl_deletion`]).
 pub async fn expire(t: &Target<'_>) -> Result<(), Error> {
@@ -262,6 +344,7 @@ mod tests {
             embedding: EmbeddingState::Pending,
             redactions: 1,
             markup_removed: false,
+            redacted_at_admission: String::new(),
         };
         let (warning, reason, _) = event(None, &persisted).unwrap();
         assert!(!warning && reason == "Persisted");

@@ -22,6 +22,8 @@ pub enum Written {
         embedding: EmbeddingState,
         redactions: usize,
         markup_removed: bool,
+        /// The admission webhook's record of what it redacted from this generation (normalized; empty: none).
+        redacted_at_admission: String,
     },
     /// The spec breaks validation rules.
     Invalid(Vec<FieldError>),
@@ -46,6 +48,13 @@ pub async fn write(
     seen_before: bool,
 ) -> Written {
     ctx.metrics.prepare_total.inc();
+    let at_admission: Vec<_> = ra
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::admission::REDACTED_ANNOTATION))
+        .map(|v| crate::admission::parse_annotation(v))
+        .unwrap_or_default();
     let prepared = match prepare(meta, &ra.spec, rt.sanitize, Utc::now()) {
         Ok(p) => Arc::new(p),
         Err(errors) => return Written::Invalid(errors),
@@ -55,6 +64,9 @@ pub async fn write(
         stored,
         redactions: prepared.redactions.len(),
         markup_removed: prepared.markup_removed,
+        redacted_at_admission: crate::admission::annotation_value(
+            &at_admission.iter().copied().collect(),
+        ),
     };
     // (A failed lookup only means writing again: the write path handles replays.)
     if seen_before
@@ -87,6 +99,13 @@ pub async fn write(
         },
         Ok(WriteOutcome::Stored(stored)) => {
             record_write(ctx, &prepared, has_vector);
+            // Counted once per stored generation (a replay finds it stored and does not come here).
+            for (kind, n) in &at_admission {
+                ctx.metrics
+                    .redacted_at_admission
+                    .with_label_values(&[kind.as_str()])
+                    .inc_by(*n as u64);
+            }
             info!(audit = %key, id = stored.audit_id, generation = stored.generation, "stored");
             persisted(stored)
         }

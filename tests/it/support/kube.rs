@@ -155,6 +155,7 @@ pub struct TestEnv {
     pub db: TestDb,
     pub operator: Option<Running>,
     pub client: Client,
+    pub admission: Option<operator::Admission>,
 }
 
 pub struct EnvOptions {
@@ -163,6 +164,8 @@ pub struct EnvOptions {
     pub start_operator: bool,
     /// The database URL put in the Secret (defaults to the test database).
     pub url: Option<String>,
+    /// Serve the admission webhook from the in-process operator.
+    pub admission: Option<operator::Admission>,
 }
 
 impl Default for EnvOptions {
@@ -171,6 +174,7 @@ impl Default for EnvOptions {
             spec_extra: "  embedding:\n    provider: Hash\n".into(),
             start_operator: true,
             url: None,
+            admission: None,
         }
     }
 }
@@ -220,6 +224,7 @@ impl TestEnv {
             db,
             operator: None,
             client,
+            admission: opts.admission.clone(),
         };
         if opts.start_operator {
             env.start_operator().await;
@@ -249,6 +254,7 @@ impl TestEnv {
                 // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
                 // (`checkpoint_now`), so that tests control what a checkpoint covers.
                 checkpoint: Some(self.checkpoint_config()),
+                admission: self.admission.clone(),
             },
         )
         .await
