@@ -97,12 +97,20 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr).await?;
     let ops_addr = listener.local_addr()?;
     info!(addr = %ops_addr, "serving /metrics, /healthz, /readyz");
-    let ops = axum::serve(listener, crate::http::ops_router(ctx.clone()));
+    let ops = crate::http::serve(
+        listener,
+        crate::http::ops_router(ctx.clone()),
+        crate::http::Limits::OPS,
+    );
 
     let api_listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
     let api_addr = api_listener.local_addr()?;
     info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
-    let api = axum::serve(api_listener, crate::api::router(ctx.clone()));
+    let api = crate::http::serve(
+        api_listener,
+        crate::api::router(ctx.clone()),
+        crate::http::Limits::API,
+    );
 
     let task_ctx = ctx.clone();
     let task = tokio::spawn(async move {
