@@ -200,6 +200,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ),
                         }),
                     },
+                    api_limits: datastorage::http::Limits::API,
+                    ops_limits: datastorage::http::Limits::OPS,
                 },
             )
             .await?;

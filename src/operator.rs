@@ -27,6 +27,10 @@ pub struct Options {
     pub leader_election: Option<LeaderElection>,
     /// Signed chain-head checkpoints outside PostgreSQL (`None`: none are taken, `verify` uses the database alone).
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// What the query API port tolerates from its clients (`datastorage run`: [`crate::http::Limits::API`]).
+    pub api_limits: crate::http::Limits,
+    /// What the operations port tolerates (`datastorage run`: [`crate::http::Limits::OPS`]).
+    pub ops_limits: crate::http::Limits,
 }
 
 /// Where the leader Lease lives and who this replica is.
@@ -100,7 +104,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let ops = crate::http::serve(
         listener,
         crate::http::ops_router(ctx.clone()),
-        crate::http::Limits::OPS,
+        opts.ops_limits,
     );
 
     let api_listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
@@ -109,7 +113,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let api = crate::http::serve(
         api_listener,
         crate::api::router(ctx.clone()),
-        crate::http::Limits::API,
+        opts.api_limits,
     );
 
     let task_ctx = ctx.clone();

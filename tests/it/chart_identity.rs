@@ -76,6 +76,8 @@ async fn the_operator_works_with_the_charts_service_account_only() {
                 duration_seconds: 10,
             }),
             checkpoint: Some(checkpoint_config(&ns)),
+            api_limits: datastorage::http::Limits::API,
+            ops_limits: datastorage::http::Limits::OPS,
         },
     )
     .await

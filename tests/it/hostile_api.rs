@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use crate::api::{
     Http, RAUDIT, assert_problem, at, ids, insert, run_plugin, runtime, service_account, wait_can_i,
 };
-use crate::support::kube::{TestEnv, eventually, kubectl};
+use crate::support::kube::{EnvOptions, TestEnv, eventually, kubectl};
 
-/// How long a connection that should be closed by the header-read timeout may take, at most (generous: the
-/// timeout is 10 s).
+/// How long a connection that should be closed by a deadline may take, at most (generous: the deadlines of
+/// [`HASTY`] are 2 s).
 const CLOSE_BOUND: Duration = Duration::from_secs(40);
 
 fn addr(env: &TestEnv) -> String {
@@ -76,6 +76,71 @@ async fn withheld_search(addr: &str, token: &str) -> TcpStream {
     s
 }
 
+/// `n` requests of one caller held in progress (searches with withheld bodies). The server admits requests of
+/// different connections in no set order, so a request sent after the holds may overtake one of them and take its
+/// permit, and that hold is then refused (429/503, answered at once): [`Holds::replace_refused`] finds those by
+/// their answer and sends new ones, so that the server ends up holding all `n`.
+struct Holds {
+    addr: String,
+    token: String,
+    conns: Vec<TcpStream>,
+    /// The last refusal seen, for failure messages.
+    last_refusal: String,
+}
+
+impl Holds {
+    async fn open(addr: &str, token: &str, n: usize) -> Self {
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            conns.push(withheld_search(addr, token).await);
+        }
+        Self {
+            addr: addr.into(),
+            token: token.into(),
+            conns,
+            last_refusal: String::new(),
+        }
+    }
+
+    /// Replaces every hold the server has answered (refused) by a new one.
+    async fn replace_refused(&mut self) {
+        for c in &mut self.conns {
+            let mut buf = [0u8; 2048];
+            match c.try_read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(n) => self.last_refusal = String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) => self.last_refusal = e.to_string(),
+            }
+            *c = withheld_search(&self.addr, &self.token).await;
+        }
+    }
+}
+
+/// Sends `probe` until it is answered `want`, replacing refused holds in between (see [`Holds`]); the answer.
+async fn answered_while_held(addr: &str, probe: &[u8], want: u16, holds: &mut [Holds]) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = raw(addr, probe).await;
+        if status == want {
+            return text;
+        }
+        for h in holds.iter_mut() {
+            h.replace_refused().await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered {want} while the requests were held; last answer {status}: {text}; last refused \
+             hold: {}",
+            holds
+                .iter()
+                .map(|h| h.last_refusal.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -84,52 +149,50 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The port's limits with deadlines far beyond the test, so that what the test holds stays held until the test
+/// lets it go (the deadlines themselves are [`the_api_port_closes_what_clients_leave_hanging`]'s subject), and
+/// small counts, so that holding them takes a few dozen sockets.
+const HOLDING: Limits = Limits {
+    header_read_timeout: Duration::from_secs(600),
+    body_timeout: Duration::from_secs(600),
+    request_timeout: Duration::from_secs(600),
+    max_connections: 64,
+    max_concurrency: 16,
+    ..Limits::API
+};
+
+/// The port's limits with short deadlines (the production ones are 5–30 s), so that closing takes seconds.
+const HASTY: Limits = Limits {
+    header_read_timeout: Duration::from_secs(2),
+    body_timeout: Duration::from_secs(2),
+    request_timeout: Duration::from_secs(5),
+    ..Limits::API
+};
+
+async fn env_with(prefix: &str, api_limits: Limits) -> TestEnv {
+    TestEnv::with(
+        prefix,
+        EnvOptions {
+            api_limits,
+            ..EnvOptions::default()
+        },
+    )
+    .await
+}
+
+/// Body and header caps, the per-caller limit (429), the port's concurrency limit (503) and its connection limit
+/// (503, closed). Failed on the old code (no limits: no 413/429/503). Used to time out on a loaded machine: the
+/// probe of a limit could overtake the last hold and take its permit (the hold was refused and the limit was
+/// never reached again) and the holds themselves expired with the production 10 s deadlines; the holds are now
+/// checked and replaced, and held with deadlines beyond the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_port_bounds_what_one_client_can_hold() {
-    let env = TestEnv::new("hostile-port").await;
+    let env = env_with("hostile-port", HOLDING).await;
     let ns = env.ns.clone();
     let addr = addr(&env);
     let rt = runtime(&env).await;
     insert(&rt, &ns, "a-1", at(10), "OOM").await;
     let token = service_account(&ns, "caller");
-
-    // Slowloris and idle connections, started first: they run while the rest of the test goes on.
-    let slow_addr = addr.clone();
-    let slowloris = tokio::spawn(async move {
-        let mut s = TcpStream::connect(&slow_addr).await.unwrap();
-        s.write_all(b"GET /api/v1/audits HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
-        // One header byte every 500 ms, forever: never a complete head.
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 512];
-        loop {
-            if started.elapsed() > CLOSE_BOUND {
-                return false;
-            }
-            if s.write_all(b"x").await.is_err() {
-                return true;
-            }
-            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                _ => {}
-            }
-        }
-    });
-    let idle_addr = addr.clone();
-    let idle = tokio::spawn(async move {
-        let mut s = TcpStream::connect(&idle_addr).await.unwrap();
-        closed_within(&mut s, CLOSE_BOUND).await
-    });
-    let keepalive_addr = addr.clone();
-    let idle_after_request = tokio::spawn(async move {
-        let mut s = TcpStream::connect(&keepalive_addr).await.unwrap();
-        s.write_all(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        // The answer arrives, then the kept-alive connection idles until the server closes it.
-        closed_within(&mut s, CLOSE_BOUND).await
-    });
 
     // A body larger than the port accepts: 413 from Content-Length alone, before authentication (no token is
     // sent, and the body never is).
@@ -167,27 +230,21 @@ async fn the_api_port_bounds_what_one_client_can_hold() {
     assert_eq!(status, 431, "{text}");
 
     // One caller: at most PER_CALLER_CONCURRENCY requests in progress; the next is 429 with Retry-After.
-    let mut held = Vec::new();
-    for _ in 0..datastorage::api::PER_CALLER_CONCURRENCY {
-        held.push(withheld_search(&addr, &token).await);
-    }
+    let mut held = vec![Holds::open(&addr, &token, datastorage::api::PER_CALLER_CONCURRENCY).await];
     let probe = format!(
         "GET /api/v1/audits?namespace={ns} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
          connection: close\r\n\r\n"
     );
-    let (status, text) = eventually(Duration::from_secs(20), "429 for the caller", || async {
-        let (status, text) = raw(&addr, probe.as_bytes()).await;
-        (status == 429).then_some((status, text))
-    })
-    .await;
+    let text = answered_while_held(&addr, probe.as_bytes(), 429, &mut held).await;
     assert!(
         text.to_ascii_lowercase().contains("retry-after: 1"),
-        "{status} {text}"
+        "{text}"
     );
+    assert!(text.contains("application/problem+json"), "{text}");
     drop(held);
     // Released with the connections.
     let (status, _) = eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "the caller served again",
         || async {
             let (status, text) = raw(&addr, probe.as_bytes()).await;
@@ -200,51 +257,102 @@ async fn the_api_port_bounds_what_one_client_can_hold() {
         "the caller has no RBAC: 403 once it is served again"
     );
 
-    // Every caller together: at most Limits::API.max_concurrency requests; the next is 503 with Retry-After.
-    let callers = Limits::API.max_concurrency / datastorage::api::PER_CALLER_CONCURRENCY;
-    let tokens: Vec<String> = (0..callers)
-        .map(|i| service_account(&ns, &format!("crowd-{i}")))
-        .collect();
+    // Every caller together: at most max_concurrency requests; the next is 503 with Retry-After.
+    let callers = HOLDING.max_concurrency / datastorage::api::PER_CALLER_CONCURRENCY;
     let mut held = Vec::new();
-    for t in &tokens {
-        for _ in 0..datastorage::api::PER_CALLER_CONCURRENCY {
-            held.push(withheld_search(&addr, t).await);
-        }
+    for i in 0..callers {
+        let t = service_account(&ns, &format!("crowd-{i}"));
+        held.push(Holds::open(&addr, &t, datastorage::api::PER_CALLER_CONCURRENCY).await);
     }
     let open = b"GET /openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
-    let (_, text) = eventually(
-        Duration::from_secs(20),
-        "503 at the concurrency limit",
-        || async {
-            let (status, text) = raw(&addr, open).await;
-            (status == 503).then_some((status, text))
-        },
-    )
-    .await;
+    let text = answered_while_held(&addr, open, 503, &mut held).await;
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.to_ascii_lowercase().contains("retry-after"), "{text}");
     drop(held);
-    eventually(Duration::from_secs(20), "served again", || async {
+    eventually(Duration::from_secs(60), "served again", || async {
         (raw(&addr, open).await.0 == 200).then_some(())
     })
     .await;
 
-    // Connections: past Limits::API.max_connections a new one is answered 503 and closed; the idle ones are
-    // closed by the header timeout and the port serves again.
+    // Connections: past max_connections a new one is answered 503 and closed at once. The server accepts in
+    // the order the connections were made, so the probe made after max_connections is over the limit.
     let mut conns = Vec::new();
-    for _ in 0..Limits::API.max_connections {
+    for _ in 0..HOLDING.max_connections {
         conns.push(TcpStream::connect(&addr).await.unwrap());
     }
-    let (_, text) = eventually(
-        Duration::from_secs(20),
-        "503 past the connection limit",
-        || async {
-            let (status, text) = raw(&addr, open).await;
-            (status == 503 && text.contains("too many connections")).then_some((status, text))
-        },
+    let (status, text) = raw(&addr, open).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("too many connections"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    drop(conns);
+    eventually(
+        Duration::from_secs(60),
+        "served after the flood",
+        || async { (raw(&addr, open).await.0 == 200).then_some(()) },
     )
     .await;
+}
+
+/// What a client leaves hanging is closed by the port's deadlines: a head sent byte by byte (slowloris), a
+/// connection that never sends anything, a kept-alive connection idle after its answer, a withheld body (408),
+/// and a crowd of idle connections. Failed on the old code (axum's serve ran hyper without a timer: none of these
+/// was ever closed). The bounds are generous (20 times the 2 s deadlines): they are there to end the test, the
+/// assertion is that the server closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_port_closes_what_clients_leave_hanging() {
+    let env = env_with("hostile-hang", HASTY).await;
+    let ns = env.ns.clone();
+    let addr = addr(&env);
+    let token = service_account(&ns, "caller");
+
+    let slow_addr = addr.clone();
+    let slowloris = tokio::spawn(async move {
+        let mut s = TcpStream::connect(&slow_addr).await.unwrap();
+        s.write_all(b"GET /api/v1/audits HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        // One header byte every 500 ms, forever: never a complete head.
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            if started.elapsed() > CLOSE_BOUND {
+                return false;
+            }
+            if s.write_all(b"x").await.is_err() {
+                return true;
+            }
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                _ => {}
+            }
+        }
+    });
+    let idle_addr = addr.clone();
+    let idle = tokio::spawn(async move {
+        let mut s = TcpStream::connect(&idle_addr).await.unwrap();
+        closed_within(&mut s, CLOSE_BOUND).await
+    });
+    let keepalive_addr = addr.clone();
+    let idle_after_request = tokio::spawn(async move {
+        let mut s = TcpStream::connect(&keepalive_addr).await.unwrap();
+        s.write_all(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The answer arrives, then the kept-alive connection idles until the server closes it.
+        closed_within(&mut s, CLOSE_BOUND).await
+    });
+
+    // A withheld body: 408 as problem JSON once the body deadline passes.
+    let mut s = withheld_search(&addr, &token).await;
+    let (status, text) = read_answer(&mut s).await;
+    assert_eq!(status, 408, "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
+
+    // A crowd of idle connections: every one closed.
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        conns.push(TcpStream::connect(&addr).await.unwrap());
+    }
     let mut closed = 0;
     for c in &mut conns {
         if closed_within(c, CLOSE_BOUND).await {
@@ -256,12 +364,8 @@ async fn the_api_port_bounds_what_one_client_can_hold() {
         conns.len(),
         "idle connections are closed by the header timeout"
     );
-    eventually(
-        Duration::from_secs(20),
-        "served after the flood",
-        || async { (raw(&addr, open).await.0 == 200).then_some(()) },
-    )
-    .await;
+    let open = b"GET /openapi.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw(&addr, open).await.0, 200, "served after the crowd");
 
     assert!(slowloris.await.unwrap(), "a slowloris connection is closed");
     assert!(idle.await.unwrap(), "an idle connection is closed");

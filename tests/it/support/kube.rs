@@ -155,6 +155,7 @@ pub struct TestEnv {
     pub db: TestDb,
     pub operator: Option<Running>,
     pub client: Client,
+    pub api_limits: datastorage::http::Limits,
 }
 
 pub struct EnvOptions {
@@ -163,6 +164,8 @@ pub struct EnvOptions {
     pub start_operator: bool,
     /// The database URL put in the Secret (defaults to the test database).
     pub url: Option<String>,
+    /// What the operator's query API port tolerates (tests of the limits themselves shorten or lengthen them).
+    pub api_limits: datastorage::http::Limits,
 }
 
 impl Default for EnvOptions {
@@ -171,6 +174,7 @@ impl Default for EnvOptions {
             spec_extra: "  embedding:\n    provider: Hash\n".into(),
             start_operator: true,
             url: None,
+            api_limits: datastorage::http::Limits::API,
         }
     }
 }
@@ -220,6 +224,7 @@ impl TestEnv {
             db,
             operator: None,
             client,
+            api_limits: opts.api_limits,
         };
         if opts.start_operator {
             env.start_operator().await;
@@ -249,6 +254,8 @@ impl TestEnv {
                 // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
                 // (`checkpoint_now`), so that tests control what a checkpoint covers.
                 checkpoint: Some(self.checkpoint_config()),
+                api_limits: self.api_limits,
+                ops_limits: datastorage::http::Limits::OPS,
             },
         )
         .await
