@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::Value;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::runtime::{Context, StoreRuntime};
@@ -105,6 +106,48 @@ pub fn router(ctx: Arc<Context>) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
+        // Request ids (`x-request-id`, echoed in the answer and in the access log line): the caller's own when it
+        // is a plain token, a new UUID otherwise.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(drop_unfit_request_id))
+}
+
+/// Removes a caller's `x-request-id` that is not 1–64 characters of `[A-Za-z0-9._-]`, so that what reaches the logs
+/// as a request id cannot be made to look like other fields (the layer after this one then makes a UUID).
+async fn drop_unfit_request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let fit = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        (1..=64).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    };
+    if req.headers().get(REQUEST_ID).is_some_and(|v| !fit(v)) {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// What one request read, for its access log line ([`ApiState::observe`]); a handler fills it in as it learns it.
+#[derive(Debug, Default)]
+struct Access {
+    /// The TokenReview username.
+    user: Option<String>,
+    /// The namespace asked for (list, search) or the audit's (get, once the caller may read it).
+    namespace: Option<String>,
+    /// The audit read (get) or searched near (`similarToId`).
+    id: Option<i64>,
+    /// How many audits the answer holds.
+    results: Option<usize>,
+}
+
+fn note(access: &Mutex<Access>, f: impl FnOnce(&mut Access)) {
+    f(&mut access.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -113,13 +156,33 @@ async fn openapi() -> impl IntoResponse {
 
 impl ApiState {
     /// Runs one operation and records `datastorage_query_total{operation,status}` and its duration.
+    /// Also writes the access log line (target `datastorage::access`): request id, operation, who (the
+    /// TokenReview username), which namespace and audit, how many results, the status and the duration.
     async fn observe<T: Serialize + Send + 'static>(
         &self,
         operation: &'static str,
+        headers: &HeaderMap,
+        access: &Mutex<Access>,
         f: impl Future<Output = Result<T, Problem>>,
     ) -> Response {
         let start = Instant::now();
         let result = f.await;
+        {
+            let a = access.lock().unwrap_or_else(|p| p.into_inner());
+            let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok());
+            tracing::info!(
+                target: "datastorage::access",
+                request_id,
+                operation,
+                user = a.user.as_deref(),
+                namespace = a.namespace.as_deref(),
+                id = a.id,
+                results = a.results,
+                status = result.as_ref().map_or_else(|p| p.status, |_| 200),
+                duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "query API read"
+            );
+        }
         let status = match &result {
             Ok(_) => "success",
             Err(p) => p.metric_status(),
@@ -295,9 +358,12 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    s.observe("list", async {
+    let access = Mutex::new(Access::default());
+    s.observe("list", &headers, &access, async {
         let (user, _permit) = s.caller(&headers).await?;
+        note(&access, |a| a.user = Some(user.username.clone()));
         let req = params::parse_list(&query_pairs(query)?)?;
+        note(&access, |a| a.namespace = req.filters.namespace.clone());
         let rt = s.runtime()?;
         let scope = s
             .scope(&user, &rt, req.filters.namespace.as_deref())
@@ -312,6 +378,7 @@ async fn list(
             .store
             .list_page(&filters, req.cursor, req.limit, options)
             .await?;
+        note(&access, |a| a.results = Some(page.items.len()));
         Ok(ListResponse {
             items: page.items.into_iter().map(Audit::from).collect(),
             next_cursor: page.next.map(|c| c.encode()),
@@ -332,8 +399,10 @@ async fn get_one(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    s.observe("get", async {
+    let access = Mutex::new(Access::default());
+    s.observe("get", &headers, &access, async {
         let (user, _permit) = s.caller(&headers).await?;
+        note(&access, |a| a.user = Some(user.username.clone()));
         let id: i64 = id
             .parse()
             .ok()
@@ -351,9 +420,14 @@ async fn get_one(
                 None => not_found(id),
             });
         };
+        note(&access, |a| a.id = Some(id));
         if !s.may_read(&user, &ns).await? {
             return Err(not_found(id));
         }
+        note(&access, |a| {
+            a.namespace = Some(ns.clone());
+            a.results = Some(1);
+        });
         let Some(page) = rt
             .store
             .audit_page(id, req.after, req.limit, MAX_PAGE_BYTES)
@@ -428,11 +502,19 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
 }
 
 async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Response {
-    s.observe("search", async {
+    let access = Mutex::new(Access::default());
+    s.observe("search", &headers, &access, async {
         // Authenticate before reading the body: an anonymous client cannot make the API buffer anything.
         let (user, _permit) = s.caller(&headers).await?;
+        note(&access, |a| a.user = Some(user.username.clone()));
         let body = read_body(body, MAX_SEARCH_BODY_BYTES).await?;
         let req = params::parse_search(&body)?;
+        note(&access, |a| {
+            a.namespace = req.filters.namespace.clone();
+            if let SearchQuery::SimilarTo(id) = req.query {
+                a.id = Some(id);
+            }
+        });
         let rt = s.runtime()?;
         let scope = s
             .scope(&user, &rt, req.filters.namespace.as_deref())
@@ -441,6 +523,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) 
         filters.namespaces = scope_filter(scope);
         // Scope first: a caller allowed nowhere gets nothing, without the model running for it.
         if filters.namespaces.as_ref().is_some_and(Vec::is_empty) {
+            note(&access, |a| a.results = Some(0));
             return Ok(SearchResponse { results: vec![] });
         }
         let (vector, exclude_id) = match &req.query {
@@ -488,6 +571,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) 
             halfvec: rt.halfvec,
         };
         let results = rt.store.search(&vector, &filters, &params).await?;
+        note(&access, |a| a.results = Some(results.len()));
         Ok(SearchResponse {
             results: results.into_iter().map(SearchHit::from).collect(),
         })

@@ -641,6 +641,25 @@ async fn answers_are_bounded_headed_and_safe_to_print() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    // Request ids: a plain caller id is echoed, anything else is replaced by a new UUID.
+    for (sent, echoed) in [
+        (Some("trace-42.a_b"), Some("trace-42.a_b")),
+        (Some("forged id=\"x\" user=admin"), None),
+        (None, None),
+    ] {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}/api/v1/audits?namespace={ns}", env.api_url()))
+            .bearer_auth(&token);
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        let got = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        match echoed {
+            Some(e) => assert_eq!(got, e),
+            None => assert!(uuid::Uuid::parse_str(&got).is_ok(), "{sent:?} -> {got}"),
+        }
+    }
     let resp = reqwest::get(format!("{}/api/v1/audits", env.api_url()))
         .await
         .unwrap();
