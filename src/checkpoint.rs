@@ -162,8 +162,8 @@ pub async fn take_and_save(
 
 /// What the anchors outside the database say about one audit: its RemediationAudit's `status.chainHash` (when
 /// the resource still exists) and the latest signed checkpoint (when checkpoints are configured).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Anchors {
     /// `status.chainHash` of the RemediationAudit with the audit's uid, when it exists and has one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,15 +184,15 @@ impl Anchors {
     }
 }
 
-/// Checks audit `id` (uid `uid`, resource `namespace/name`, history `chain_hashes`) against the anchors outside
-/// the database. A resource that cannot be read is not a failure (it may be gone: TTL, deletion); a configured
-/// checkpoint that cannot be read is.
+/// Checks audit `id` (uid `uid`, resource `namespace/name`) against the anchors outside the database. A resource
+/// that cannot be read is not a failure (it may be gone: TTL, deletion); a configured checkpoint that cannot be
+/// read is. The resource's chain hash is looked up in the stored chain with one index probe (not by reading the
+/// whole history: a GET pages the history, and a tenant can add generations at will).
 pub async fn check_anchors(
     ctx: &Context,
     store: &Store,
     id: i64,
     (namespace, name, uid): (&str, &str, &str),
-    chain_hashes: &[&str],
 ) -> Anchors {
     let mut anchors = Anchors::default();
     let api: Api<crate::crd::RemediationAudit> = Api::namespaced(ctx.client.clone(), namespace);
@@ -200,14 +200,20 @@ pub async fn check_anchors(
         && ra.metadata.uid.as_deref() == Some(uid)
         && let Some(h) = ra.status.and_then(|s| s.chain_hash)
     {
-        let matches = chain_hashes.contains(&h.as_str());
-        if !matches {
-            anchors.problems.push(format!(
-                "RemediationAudit {namespace}/{name} has status.chainHash {h}, which is not in the stored chain"
-            ));
+        match store.chain_contains(id, &h).await {
+            Ok(matches) => {
+                if !matches {
+                    anchors.problems.push(format!(
+                        "RemediationAudit {namespace}/{name} has status.chainHash {h}, which is not in the stored chain"
+                    ));
+                }
+                anchors.resource_matches = Some(matches);
+            }
+            Err(e) => anchors.problems.push(format!(
+                "cannot look up the RemediationAudit's status.chainHash in the stored chain: {e}"
+            )),
         }
         anchors.resource_chain_hash = Some(h);
-        anchors.resource_matches = Some(matches);
     }
     if let Some(config) = ctx.checkpoint() {
         match config.verify(&ctx.client, store, Some(id)).await {

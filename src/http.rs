@@ -1,16 +1,179 @@
+//! The HTTP servers of the operator and the operations endpoints.
+//!
+//! [`serve`] runs one port (the query API, or the operations port) with hyper's HTTP/1 connection builder and a
+//! timer, under [`Limits`]: a header-read timeout (which is also the idle keep-alive timeout: hyper's timer runs
+//! whenever a connection waits for a request head, with or without partial bytes), a cap on header size, a
+//! connection limit (a connection over it is answered 503 and closed at once, without a task), and, in the router,
+//! a concurrency limit (503 + `Retry-After` past it), a whole-request timeout, a request-body deadline and a body
+//! size limit (413 from `Content-Length` alone, before the body is read and before authentication). axum's own
+//! `serve` runs hyper without a timer, which silently disables hyper's header-read timeout: one client holding
+//! thousands of half-sent requests would then hold as many tasks and sockets forever.
+//!
 //! The operations endpoints, on their own port: `/metrics`, `/healthz` (the process serves), `/readyz` (the
 //! DataStorage is Ready for writes, the leader's RemediationAudit watch is not failing, and the database answers
 //! through the pool within 2 s — so an exhausted pool, where writes wait too, reads not ready).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 
+use crate::api::problem::Problem;
 use crate::runtime::Context;
+
+/// What one port tolerates from its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request head (request line + headers) must arrive completely within this after the connection starts
+    /// waiting for it; this is also how long an idle keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// A request body must arrive completely within this.
+    pub body_timeout: Duration,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// A whole request (body, authentication, queries, response) must be answered within this (503 past it).
+    pub request_timeout: Duration,
+    /// Open connections at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests in progress at once; more are answered 503 with `Retry-After`.
+    pub max_concurrency: usize,
+}
+
+impl Limits {
+    /// The query API: bodies are search requests (a few KiB at most); a list or search answers in well under a
+    /// second, a cold TokenReview + SubjectAccessReviews in a few.
+    pub const API: Limits = Limits {
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 32 * 1024,
+        body_timeout: Duration::from_secs(10),
+        max_body_bytes: 64 * 1024,
+        request_timeout: Duration::from_secs(30),
+        max_connections: 512,
+        max_concurrency: 64,
+    };
+    /// The operations port: GETs only, scraped by Prometheus and probed by the kubelet.
+    pub const OPS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(5),
+        max_header_bytes: 16 * 1024,
+        body_timeout: Duration::from_secs(5),
+        max_body_bytes: 1024,
+        request_timeout: Duration::from_secs(10),
+        max_connections: 64,
+        max_concurrency: 16,
+    };
+}
+
+/// The answer to a connection over [`Limits::max_connections`], written with one non-blocking write.
+static TOO_MANY_CONNECTIONS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = serde_json::to_string(&Problem::unavailable("too many connections; retry shortly"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\nconnection: close\r\nretry-after: 1\r\n\
+         content-length: {}\r\n\r\n{body}",
+        crate::api::problem::CONTENT_TYPE,
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// Applies the per-request limits of `limits` to `router` (concurrency, request timeout, body deadline and size)
+/// and answers every error without a problem body (405, 408, 413, 431, timeouts) with problem JSON.
+pub fn limited(router: Router, limits: Limits) -> Router {
+    let permits = Arc::new(Semaphore::new(limits.max_concurrency));
+    router
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(RequestBodyDeadlineLayer::new(limits.body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let permits = permits.clone();
+                async move {
+                    let Ok(_permit) = permits.try_acquire_owned() else {
+                        let mut resp =
+                            Problem::unavailable("too many requests in progress; retry shortly")
+                                .into_response();
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        return resp;
+                    };
+                    as_problem(next.run(req).await)
+                }
+            },
+        ))
+}
+
+/// An error answer that is not problem JSON yet (axum's 405, tower-http's 413 and timeouts) made one.
+fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == crate::api::problem::CONTENT_TYPE.as_bytes());
+    if status.as_u16() < 400 || is_problem {
+        return resp;
+    }
+    let mut answer = Problem::from_status(status).into_response();
+    for (name, value) in resp.headers() {
+        if *name == header::ALLOW || *name == header::RETRY_AFTER {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+/// Serves `router` on `listener` under `limits` until the listener fails for good (never, in practice: accept
+/// errors such as EMFILE are logged and retried after a short pause).
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 1024)
+        .max_header_size(limits.max_header_bytes);
+    let router = limited(router, limits);
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: one non-blocking write of a canned 503, then close; no task, no buffer.
+            let _ = stream.try_write(&TOO_MANY_CONNECTIONS);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
 
 pub fn ops_router(ctx: Arc<Context>) -> Router {
     Router::new()

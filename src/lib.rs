@@ -12,6 +12,8 @@
 //! - [`embed`]: embedding providers (local MiniLM, OpenAI-compatible, hash) and the cache.
 //! - [`checkpoint`]: signed chain-head checkpoints kept outside PostgreSQL (a ConfigMap), and the leader's loop.
 //! - [`runtime`]: the shared application state (the published store runtime, own-write tracking, backoff).
+//! - [`api`]: the query API (handlers, auth, wire types); [`client`]: its client, `kubectl audit` and
+//!   `datastorage query`.
 //! - [`backfill`], [`http`], [`metrics`], [`operator`] (wiring), [`check`] (`datastorage check`), [`rbac`] (the
 //!   Kubernetes permissions the code needs; the Helm chart grants exactly these).
 
@@ -21,6 +23,7 @@ pub mod audit;
 pub mod backfill;
 pub mod check;
 pub mod checkpoint;
+pub mod client;
 pub mod controller;
 pub mod crd;
 pub mod embed;

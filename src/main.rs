@@ -70,9 +70,9 @@ enum Command {
     /// Query the stored audits through the query API (same as the `kubectl audit` plugin).
     Query {
         #[command(flatten)]
-        conn: Box<datastorage::api::client::Connection>,
+        conn: Box<datastorage::client::Connection>,
         #[command(subcommand)]
-        command: datastorage::api::client::QueryCommand,
+        command: datastorage::client::QueryCommand,
     },
 }
 
@@ -238,6 +238,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ),
                         }),
                     },
+                    api_limits: datastorage::http::Limits::API,
+                    ops_limits: datastorage::http::Limits::OPS,
                     admission: args
                         .admission_addr
                         .map(|addr| datastorage::operator::Admission {
@@ -311,9 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed(args) => Ok(datastorage::embed::run_cli(&args).await),
-        Command::Query { conn, command } => {
-            Ok(datastorage::api::client::run(&conn, &command).await)
-        }
+        Command::Query { conn, command } => Ok(datastorage::client::run(&conn, &command).await),
         Command::Version => {
             println!("datastorage {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

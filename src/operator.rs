@@ -27,6 +27,10 @@ pub struct Options {
     pub leader_election: Option<LeaderElection>,
     /// Signed chain-head checkpoints outside PostgreSQL (`None`: none are taken, `verify` uses the database alone).
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// What the query API port tolerates from its clients (`datastorage run`: [`crate::http::Limits::API`]).
+    pub api_limits: crate::http::Limits,
+    /// What the operations port tolerates (`datastorage run`: [`crate::http::Limits::OPS`]).
+    pub ops_limits: crate::http::Limits,
     /// The mutating admission webhook (`None`: not served).
     pub admission: Option<Admission>,
 }
@@ -167,12 +171,20 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr).await?;
     let ops_addr = listener.local_addr()?;
     info!(addr = %ops_addr, "serving /metrics, /healthz, /readyz");
-    let ops = axum::serve(listener, crate::http::ops_router(ctx.clone()));
+    let ops = crate::http::serve(
+        listener,
+        crate::http::ops_router(ctx.clone()),
+        opts.ops_limits,
+    );
 
     let api_listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
     let api_addr = api_listener.local_addr()?;
     info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
-    let api = axum::serve(api_listener, crate::api::router(ctx.clone()));
+    let api = crate::http::serve(
+        api_listener,
+        crate::api::router(ctx.clone()),
+        opts.api_limits,
+    );
 
     // The webhook's port is bound now (so its address is known); its certificate may need the API server (the
     // self-managed Secret), which is retried in the background: the controllers never wait for the webhook, whose

@@ -110,14 +110,9 @@ impl Auth {
                 "missing bearer token: send `Authorization: Bearer <token>` (e.g. from `kubectl create token`)",
             ));
         };
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Problem::unauthorized("the Authorization header is not `Bearer <token>`")
-            })?;
+        let token = bearer_token(header).ok_or_else(|| {
+            Problem::unauthorized("the Authorization header is not `Bearer <token>`")
+        })?;
         let key = hex::encode(Sha256::digest(token.as_bytes()));
         if let Some(cached) = self.tokens.get(&key).await {
             return cached.ok_or_else(invalid_token);
@@ -237,6 +232,14 @@ impl Auth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC 9110 §11.1).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains([' ', '\t']))
+        .then_some(token)
+}
+
 fn invalid_token() -> Problem {
     Problem::unauthorized("the bearer token was not accepted by the Kubernetes API (TokenReview)")
 }
@@ -250,4 +253,27 @@ pub fn forbidden(user: &User, namespace: Option<&str>) -> Problem {
         "{:?} may not list {RESOURCE}.{GROUP} {place}",
         user.username
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (header, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("bEaReR   abc  ", Some("abc")),
+            ("Bearer\tabc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+            ("Bearer a b", None),
+        ] {
+            assert_eq!(bearer_token(header), token, "{header:?}");
+        }
+    }
 }

@@ -11,6 +11,8 @@ use crate::store::search::AuditFilters;
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub const DEFAULT_SEARCH_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 1000;
+pub const DEFAULT_HISTORY_LIMIT: i64 = 20;
+pub const MAX_HISTORY_LIMIT: i64 = 100;
 const MAX_QUERY_CHARS: usize = 4096;
 
 const PHASES: [&str; 4] = ["Pending", "Processing", "Completed", "Failed"];
@@ -114,13 +116,19 @@ pub struct ListRequest {
     pub filters: Filters,
     pub cursor: Option<Cursor>,
     pub limit: i64,
+    /// `fields=details`: include each audit's `details` (omitted by default: up to 64 KiB each).
+    pub details: bool,
 }
+
+/// The optional fields a list may ask for with `fields=` (comma-separated).
+const LIST_FIELDS: [&str; 1] = ["details"];
 
 pub fn parse_list(pairs: &[(String, String)]) -> Result<ListRequest, Problem> {
     let mut req = ListRequest {
         filters: Filters::default(),
         cursor: None,
         limit: DEFAULT_LIST_LIMIT,
+        details: false,
     };
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in pairs {
@@ -133,6 +141,20 @@ pub fn parse_list(pairs: &[(String, String)]) -> Result<ListRequest, Problem> {
         seen.push(key);
         match key.as_str() {
             "limit" => req.limit = limit(key, value)?,
+            "fields" => {
+                for field in value.split(',').map(str::trim) {
+                    if !LIST_FIELDS.contains(&field) {
+                        return Err(Problem::bad_parameter(
+                            key,
+                            format!(
+                                "fields lists optional fields to include, comma-separated; known: {}",
+                                LIST_FIELDS.join(", ")
+                            ),
+                        ));
+                    }
+                    req.details = true;
+                }
+            }
             "cursor" => {
                 req.cursor = Some(Cursor::decode(value).map_err(|e| {
                     Problem::bad_parameter(
@@ -147,7 +169,7 @@ pub fn parse_list(pairs: &[(String, String)]) -> Result<ListRequest, Problem> {
                         key,
                         format!(
                             "unknown parameter {key:?}; known: namespace, phase, outcome, severity, cluster, \
-                             actionType, since, until, limit, cursor"
+                             actionType, since, until, limit, cursor, fields"
                         ),
                     ));
                 }
@@ -155,6 +177,60 @@ pub fn parse_list(pairs: &[(String, String)]) -> Result<ListRequest, Problem> {
         }
     }
     req.filters.check_range()?;
+    Ok(req)
+}
+
+/// The query of `GET /api/v1/audits/{id}`: which page of the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Generations after this one (the `historyNextCursor` of the previous page).
+    pub after: Option<i64>,
+    pub limit: i64,
+}
+
+pub fn parse_history(pairs: &[(String, String)]) -> Result<HistoryRequest, Problem> {
+    let mut req = HistoryRequest {
+        after: None,
+        limit: DEFAULT_HISTORY_LIMIT,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in pairs {
+        if seen.contains(&key.as_str()) {
+            return Err(Problem::bad_parameter(
+                key,
+                format!("{key} is given more than once"),
+            ));
+        }
+        seen.push(key);
+        match key.as_str() {
+            "historyLimit" => {
+                req.limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_parameter(
+                            key,
+                            format!("historyLimit must be an integer from 1 to {MAX_HISTORY_LIMIT}"),
+                        )
+                    })?
+            }
+            "historyCursor" => {
+                req.after = Some(value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Problem::bad_parameter(
+                        key,
+                        "historyCursor must be the historyNextCursor of a previous answer, unchanged",
+                    )
+                })?)
+            }
+            _ => {
+                return Err(Problem::bad_parameter(
+                    key,
+                    format!("unknown parameter {key:?}; known: historyLimit, historyCursor"),
+                ));
+            }
+        }
+    }
     Ok(req)
 }
 
@@ -326,6 +402,8 @@ mod tests {
             ("since", "yesterday", "since"),
             ("namespace", "Bad_NS", "namespace"),
             ("nmespace", "a", "nmespace"),
+            ("fields", "details,secrets", "fields"),
+            ("fields", "", "fields"),
         ] {
             assert_eq!(param_of(parse_list(&pairs(&[(k, v)]))), named, "{k}={v}");
         }
@@ -340,6 +418,38 @@ mod tests {
             param_of(parse_list(&pairs(&[("limit", "1"), ("limit", "2")]))),
             "limit"
         );
+    }
+
+    #[test]
+    fn list_fields_and_history_pages_are_validated_and_named() {
+        assert_eq!(parse_list(&[]).map(|r| r.details), Ok(false));
+        assert_eq!(
+            parse_list(&pairs(&[("fields", "details")])).map(|r| r.details),
+            Ok(true)
+        );
+        assert_eq!(
+            parse_history(&[]),
+            Ok(HistoryRequest {
+                after: None,
+                limit: DEFAULT_HISTORY_LIMIT
+            })
+        );
+        assert_eq!(
+            parse_history(&pairs(&[("historyLimit", "5"), ("historyCursor", "7")])),
+            Ok(HistoryRequest {
+                after: Some(7),
+                limit: 5
+            })
+        );
+        for (k, v, named) in [
+            ("historyLimit", "0", "historyLimit"),
+            ("historyLimit", "101", "historyLimit"),
+            ("historyCursor", "x", "historyCursor"),
+            ("historyCursor", "-1", "historyCursor"),
+            ("limit", "5", "limit"),
+        ] {
+            assert_eq!(param_of(parse_history(&pairs(&[(k, v)]))), named, "{k}={v}");
+        }
     }
 
     #[test]

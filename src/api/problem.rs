@@ -3,19 +3,19 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 const TYPE_BASE: &str = "https://datastorage.kubernaut.ai/problems/";
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_: String,
     pub title: String,
     pub status: u16,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter: Option<String>,
 }
 
@@ -77,6 +77,64 @@ impl Problem {
         )
     }
 
+    /// 429: this caller has too many requests in progress.
+    pub fn too_many_requests(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "Too many requests",
+            detail,
+        )
+    }
+
+    /// 413: the request body is larger than the endpoint accepts.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            detail,
+        )
+    }
+
+    /// 408: the request (body) did not arrive in time.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
+    /// The problem for an error status produced outside the handlers (routing, limits, timeouts).
+    pub fn from_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            404 => Self::not_found("no such endpoint"),
+            405 => Self::new(
+                status,
+                "method-not-allowed",
+                "Method not allowed",
+                "this endpoint does not accept this method (see the Allow header and /openapi.json)",
+            ),
+            408 => Self::request_timeout("the request did not arrive in time"),
+            413 => Self::too_large("the request body is too large"),
+            431 => Self::new(
+                status,
+                "headers-too-large",
+                "Request header fields too large",
+                "the request headers are too large",
+            ),
+            503 => Self::unavailable("the request was not answered in time; retry shortly"),
+            _ => Self::new(
+                status,
+                "error",
+                status.canonical_reason().unwrap_or("Error"),
+                status.canonical_reason().unwrap_or("error").to_string(),
+            ),
+        }
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +153,7 @@ impl Problem {
         match self.status {
             401 => "unauthorized",
             403 => "forbidden",
+            429 => "throttled",
             400..=499 => "client_error",
             _ => "server_error",
         }
@@ -118,8 +177,13 @@ impl IntoResponse for Problem {
         let status = self.status_code();
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = (status, body).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

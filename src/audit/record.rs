@@ -121,7 +121,13 @@ pub struct ChainCheck {
 
 /// Verifies a history (ordered by generation) from its records alone; mirrors SQL `verify_audit_chain()`.
 pub fn verify_chain(entries: &[HistoryEntry]) -> Vec<ChainCheck> {
-    let mut expected_prev = String::new();
+    verify_chain_from("", entries)
+}
+
+/// [`verify_chain`] of a run of entries that follows the generation whose chain hash is `prev` ("" for the
+/// chain's start): one page of a history verifies on its own.
+pub fn verify_chain_from(prev: &str, entries: &[HistoryEntry]) -> Vec<ChainCheck> {
+    let mut expected_prev = prev.to_string();
     entries
         .iter()
         .map(|e| {
@@ -202,8 +208,28 @@ pub fn verify_current(
     row_content_hash: &str,
     row_chain_hash: &str,
 ) -> Verification {
-    let checks = verify_chain(entries);
-    let head = entries.last();
+    verify_page(
+        "",
+        entries,
+        entries.last(),
+        shown,
+        row_content_hash,
+        row_chain_hash,
+    )
+}
+
+/// [`verify_current`] of one page of a history: the page's entries follow the generation whose chain hash is
+/// `prev` ("" when the page starts the chain), and `head` is the chain's latest entry (on whichever page it is).
+/// Every page of a history verifying, each linked to the one before, is the whole chain verifying.
+pub fn verify_page(
+    prev: &str,
+    entries: &[HistoryEntry],
+    head: Option<&HistoryEntry>,
+    shown: &AuditRecord,
+    row_content_hash: &str,
+    row_chain_hash: &str,
+) -> Verification {
+    let checks = verify_chain_from(prev, entries);
     let head_matches = head.is_some_and(|e| e.chain_hash == row_chain_hash);
     let mut row_mismatches = match head {
         Some(h) => record_mismatches(shown, &h.record),

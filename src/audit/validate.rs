@@ -108,6 +108,26 @@ pub const MAX_DETAILS_BYTES: usize = 64 * 1024;
 pub const MAX_DETAILS_DEPTH: usize = 32;
 /// How far in the future a start time may lie (clock skew between the remediating system and the cluster).
 pub const MAX_FUTURE: Duration = Duration::hours(1);
+/// The earliest start time accepted (the Unix epoch): nothing was remediated by this kind of system before it, and
+/// a start time of year 1 or 9999 BC is a bug or a probe (PostgreSQL and the monthly partitions have limits too).
+pub const MIN_START: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
+/// Characters that are invisible or reorder text: bidirectional overrides/isolates/marks, zero-width characters,
+/// the BOM, soft hyphen, line/paragraph separators, interlinear annotations. Identifiers carrying them display as
+/// something they are not (`payments\u{202e}gnp.exe`); they are rejected there, and the CLI escapes them everywhere.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
 
 static ACTION_TYPE: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(ACTION_TYPE_PATTERN).ok());
@@ -273,6 +293,16 @@ fn check_text(
     if identifier {
         if value.chars().any(|c| c.is_control()) {
             errors.push(FieldError::new(field, Reason::Invalid, messages::CONTROL));
+        } else if let Some(c) = value.chars().find(|c| is_invisible_format(*c)) {
+            errors.push(FieldError::new(
+                field,
+                Reason::Invalid,
+                format!(
+                    "contains an invisible or bidirectional formatting character (U+{:04X}), which makes an \
+                     identifier display as something it is not",
+                    c as u32
+                ),
+            ));
         } else if contains_markup(value) {
             errors.push(FieldError::new(
                 field,
@@ -408,6 +438,17 @@ fn check_times(
         _ => None,
     };
     let start_t = start_t?;
+    if start_t < MIN_START {
+        errors.push(FieldError::new(
+            "startTime",
+            Reason::Invalid,
+            format!(
+                "{} is before {}, the earliest start time accepted",
+                start_t.to_rfc3339(),
+                MIN_START.to_rfc3339()
+            ),
+        ));
+    }
     let limit = now + MAX_FUTURE;
     if start_t > limit {
         errors.push(FieldError::new(
@@ -590,6 +631,42 @@ mod tests {
         assert_eq!(reasons(&s), vec![]);
         // Offsets are understood.
         s.start_time = "2026-03-01T13:30:00+01:00".into();
+        assert_eq!(reasons(&s), vec![]);
+        // A lower bound: the Unix epoch.
+        s.start_time = "1969-12-31T23:59:59Z".into();
+        assert_eq!(reasons(&s), vec![("startTime".into(), Reason::Invalid)]);
+        s.start_time = "0001-01-01T00:00:00Z".into();
+        assert_eq!(reasons(&s), vec![("startTime".into(), Reason::Invalid)]);
+        s.start_time = "1970-01-01T00:00:00Z".into();
+        assert_eq!(reasons(&s), vec![]);
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_in_identifiers_are_invalid() {
+        for c in [
+            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200D}', '\u{FEFF}', '\u{061C}', '\u{2028}',
+        ] {
+            let mut s = spec();
+            s.cluster_name = format!("prod{c}-eu");
+            s.remediation_request_id = format!("rr{c}1");
+            s.target_resource = format!("apps/v1/Deployment/pay{c}ments/api");
+            assert_eq!(
+                reasons(&s),
+                vec![
+                    ("remediationRequestId".into(), Reason::Invalid),
+                    ("clusterName".into(), Reason::Invalid),
+                    ("targetResource".into(), Reason::Invalid),
+                ],
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        // Free text keeps them (an error message may quote right-to-left text); the CLI escapes it on output.
+        let mut s = spec();
+        s.error_message = Some("\u{202B}שגיאה\u{202C} in pod".into());
+        assert_eq!(reasons(&s), vec![]);
+        // Ordinary non-ASCII identifiers are fine.
+        s.cluster_name = "prod-zürich".into();
         assert_eq!(reasons(&s), vec![]);
     }
 

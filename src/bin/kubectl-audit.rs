@@ -1,9 +1,9 @@
 //! `kubectl audit list|get|search|verify`: the kubectl plugin for the datastorage query API (install this binary
-//! on PATH as `kubectl-audit`). See `datastorage::api::client` for how it reaches the API.
+//! on PATH as `kubectl-audit`). See `datastorage::client` for how it reaches the API.
 use std::process::ExitCode;
 
 use clap::Parser;
-use datastorage::api::client::{self, Connection, QueryCommand};
+use datastorage::client::{self, Connection, QueryCommand};
 
 #[derive(Parser)]
 #[command(

@@ -20,7 +20,7 @@ use chrono::{SecondsFormat, Utc};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -103,14 +103,51 @@ pub enum Error {
 }
 
 /// Runs the controller for the DataStorage named `name` until shutdown.
+///
+/// Deleting the DataStorage stops writes and reads: the controller only reconciles objects that exist, so a
+/// watch of the same object withdraws the published runtime on its deletion, and a reconcile that finds it gone
+/// (a deletion missed across a watch restart) or being deleted does the same. Without this the last runtime
+/// stayed published and writes went on against a store nobody had configured any more (issue 21).
 pub async fn run(ctx: Arc<DsContext>, name: String) {
     let api: Api<DataStorage> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    Controller::new(api, config)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let deletions = {
+        let ctx = ctx.clone();
+        watcher(api.clone(), config.clone())
+            .default_backoff()
+            .for_each(move |event| {
+                if let Ok(watcher::Event::Delete(ds)) = event {
+                    withdraw(&ctx, &ds.name_any(), "was deleted");
+                }
+                std::future::ready(())
+            })
+    };
+    let controller = {
+        let ctx = ctx.clone();
+        Controller::new(api, config)
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(move |result| {
+                if let Err(kube::runtime::controller::Error::ObjectNotFound(obj)) = result {
+                    withdraw(&ctx, &obj.name, "no longer exists");
+                }
+                std::future::ready(())
+            })
+    };
+    tokio::select! {
+        () = controller => {}
+        () = deletions => {}
+    }
+}
+
+/// Withdraws the published runtime: the audit controller stops writing (audits wait, then go on once a
+/// DataStorage is back), the query API answers 503 and `/readyz` fails.
+fn withdraw(ctx: &DsContext, name: &str, why: &str) {
+    let had = ctx.publish.send_replace(None).is_some();
+    ctx.metrics.store_ready.set(0);
+    if had {
+        warn!(datastorage = %name, "DataStorage {why}: writes and queries stop until it is back");
+    }
 }
 
 fn error_policy(_: Arc<DataStorage>, err: &Error, _: Arc<DsContext>) -> Action {
@@ -174,6 +211,10 @@ async fn reconcile(ds: Arc<DataStorage>, ctx: Arc<DsContext>) -> Result<Action, 
 }
 
 async fn reconcile_inner(ds: &DataStorage, ctx: &DsContext) -> Result<Action, Error> {
+    if ds.metadata.deletion_timestamp.is_some() {
+        withdraw(ctx, &ds.name_any(), "is being deleted");
+        return Ok(Action::await_change());
+    }
     let mut checks = Checks::new(ds);
     let mut status = DataStorageStatus {
         observed_generation: ds.metadata.generation,

@@ -250,8 +250,8 @@ pub fn decode_ranges(s: &str) -> Result<Vec<(i64, i64)>, String> {
 }
 
 /// What verifying the store (or one audit) against a checkpoint found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CheckpointReport {
     /// The instant of the checkpoint used.
     pub at: String,

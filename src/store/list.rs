@@ -3,12 +3,17 @@
 //! `audits (namespace, start_time DESC, id DESC)` that starts strictly after the previous page's last
 //! `(start_time, id)`, so rows inserted between page fetches never shift or repeat the pages of a walk.
 //!
+//! Every read here runs on the store's read pool (its own connections, read-only, with a statement timeout), so
+//! the query API can never take the connections the writers need; pages are streamed from the database and cut at
+//! a byte budget ([`PageOptions`]).
+//!
 //! The statements are assembled with [`sqlx::QueryBuilder`] from fixed fragments and bound values only (so that
 //! absent filters do not appear in the plan at all); no caller text reaches the SQL.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
+use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder, Row};
 
@@ -80,11 +85,70 @@ impl Cursor {
         let id: i64 = id.parse().map_err(|_| CursorError("malformed id"))?;
         let start_time =
             DateTime::from_timestamp_micros(micros).ok_or(CursorError("time out of range"))?;
+        // chrono reaches years ±262143, PostgreSQL only 4713 BC to 294276 AD: a crafted cursor outside that
+        // would fail in the database (a 500) instead of here (a 400 naming the cursor).
+        if !(1..=9999).contains(&start_time.year()) {
+            return Err(CursorError("time out of range"));
+        }
         if id < 1 {
             return Err(CursorError("malformed id"));
         }
         Ok(Self { start_time, id })
     }
+}
+
+/// What a page of a listing may hold besides its row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageOptions {
+    /// Read (and return) `details`, up to 64 KiB per audit; without it the column is not even read.
+    pub details: bool,
+    /// The page ends early (with a next cursor) once its rows reach about this many bytes of JSON; the first row
+    /// is always returned.
+    pub max_bytes: usize,
+}
+
+impl PageOptions {
+    /// Everything, unbounded (tools and benchmarks).
+    pub const FULL: PageOptions = PageOptions {
+        details: true,
+        max_bytes: usize::MAX,
+    };
+}
+
+fn history_entry(
+    r: &sqlx::postgres::PgRow,
+) -> Result<crate::audit::record::HistoryEntry, sqlx::Error> {
+    Ok(crate::audit::record::HistoryEntry {
+        generation: r.try_get("generation")?,
+        record: r.try_get("record")?,
+        content_hash: r.try_get("content_hash")?,
+        prev_chain_hash: r.try_get("prev_chain_hash")?,
+        chain_hash: r.try_get("chain_hash")?,
+    })
+}
+
+/// What a get by id reads in one snapshot ([`Store::audit_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    pub row: AuditRow,
+    /// The record the row shows, in the form the chain hashes.
+    pub shown: crate::audit::record::AuditRecord,
+    pub row_content_hash: String,
+    pub row_chain_hash: String,
+    pub history: HistoryPage,
+}
+
+/// A page of one audit's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    pub entries: Vec<crate::audit::record::HistoryEntry>,
+    /// The chain hash of the generation before the page's first entry ("" when the page starts the chain).
+    pub prev_chain_hash: String,
+    /// The generation to continue after; `None` on the last page.
+    pub next_after: Option<i64>,
+    /// The audit's latest history entry (the chain's head), whichever page this is: the current row is checked
+    /// against it on every page.
+    pub head: Option<crate::audit::record::HistoryEntry>,
 }
 
 /// One page of a listing.
@@ -99,15 +163,74 @@ const COLUMNS: &str = "SELECT a.id, a.namespace, a.name, a.remediation_request_i
      a.phase, a.outcome, a.action_type, a.severity, a.environment, a.cluster_name, a.target_resource, a.start_time, \
      a.end_time, a.duration_ms, a.error_message, a.details, a.generation, a.content_hash, a.chain_hash, \
      a.created_at, a.updated_at, a.deleted_at FROM audits a";
+/// The same without `details` (NULL in its place).
+const COLUMNS_NO_DETAILS: &str = "SELECT a.id, a.namespace, a.name, a.remediation_request_id, a.alert_fingerprint, \
+     a.alert_name, a.phase, a.outcome, a.action_type, a.severity, a.environment, a.cluster_name, a.target_resource, \
+     a.start_time, a.end_time, a.duration_ms, a.error_message, NULL::jsonb AS details, a.generation, a.content_hash, \
+     a.chain_hash, a.created_at, a.updated_at, a.deleted_at FROM audits a";
+
+/// Bytes of JSON an audit row takes in an answer, about: its text fields, its details, and ~700 bytes of keys,
+/// hashes and times.
+pub fn approx_json_bytes(r: &AuditRow) -> usize {
+    let text = [
+        &r.namespace,
+        &r.name,
+        &r.remediation_request_id,
+        &r.alert_fingerprint,
+        &r.phase,
+        &r.outcome,
+        &r.action_type,
+        &r.severity,
+        &r.environment,
+        &r.cluster_name,
+        &r.target_resource,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum::<usize>()
+        + r.alert_name.as_ref().map_or(0, String::len)
+        + r.error_message.as_ref().map_or(0, String::len);
+    let details = r.details.as_ref().map_or(0, |d| {
+        let mut counter = ByteCounter(0);
+        let _ = serde_json::to_writer(&mut counter, d);
+        counter.0
+    });
+    700 + text + details
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 impl Store {
-    /// Audits matching `filters`, newest `start_time` first (ties: highest id first), after `cursor`.
-    /// `namespaces: Some(vec![])` matches nothing. `limit` is clamped to 1..=1000.
+    /// Audits matching `filters`, newest `start_time` first (ties: highest id first), after `cursor`, with
+    /// `details`, unbounded in bytes. `namespaces: Some(vec![])` matches nothing. `limit` is clamped to 1..=1000.
     pub async fn list(
         &self,
         filters: &AuditFilters,
         cursor: Option<Cursor>,
         limit: i64,
+    ) -> Result<Page, StoreError> {
+        self.list_page(filters, cursor, limit, PageOptions::FULL)
+            .await
+    }
+
+    /// [`Store::list`] on the read pool, bounded by `options`: rows are streamed from the database and the scan
+    /// stops once the page reaches its byte budget, so a page of large audits is never held whole in memory.
+    pub async fn list_page(
+        &self,
+        filters: &AuditFilters,
+        cursor: Option<Cursor>,
+        limit: i64,
+        options: PageOptions,
     ) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, 1000);
         if filters.namespaces.as_ref().is_some_and(Vec::is_empty) {
@@ -116,7 +239,11 @@ impl Store {
                 next: None,
             });
         }
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(COLUMNS);
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(if options.details {
+            COLUMNS
+        } else {
+            COLUMNS_NO_DETAILS
+        });
         q.push(" WHERE true");
         match filters.namespaces.as_deref() {
             Some([one]) => {
@@ -159,10 +286,25 @@ impl Store {
         // One extra row tells whether there is a next page, without counting.
         q.push(" ORDER BY a.start_time DESC, a.id DESC LIMIT ")
             .push_bind(limit + 1);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() as i64 > limit;
-        items.truncate(limit as usize);
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        {
+            let mut rows = q.build().fetch(&self.read_pool);
+            while let Some(row) = rows.try_next().await? {
+                if items.len() as i64 >= limit {
+                    more = true;
+                    break;
+                }
+                let item = audit_row(&row)?;
+                bytes = bytes.saturating_add(approx_json_bytes(&item));
+                if !items.is_empty() && bytes > options.max_bytes {
+                    more = true;
+                    break;
+                }
+                items.push(item);
+            }
+        }
         let next = if more {
             items.last().map(|r| Cursor {
                 start_time: r.start_time,
@@ -176,10 +318,71 @@ impl Store {
 
     /// One audit by id.
     pub async fn get(&self, id: i64) -> Result<Option<AuditRow>, StoreError> {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(COLUMNS);
-        q.push(" WHERE a.id = ").push_bind(id);
-        let row = q.build().fetch_optional(&self.pool).await?;
-        row.as_ref().map(audit_row).transpose()
+        let mut conn = self.read_pool.acquire().await?;
+        get_in(&mut conn, id).await
+    }
+
+    /// Up to `limit` generations of an audit's history after generation `after` (oldest first), at most about
+    /// `max_bytes` of records (the first entry always), with what a page needs to be verified on its own: the
+    /// chain hash before it and the chain's head.
+    pub async fn history_page(
+        &self,
+        audit_id: i64,
+        after: Option<i64>,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut conn = self.read_pool.acquire().await?;
+        history_page_in(&mut conn, audit_id, after, limit, max_bytes).await
+    }
+
+    /// What a get by id shows and verifies, read in one read-only REPEATABLE READ transaction: the row, the record
+    /// it shows, and one page of its history with the chain's head. One snapshot, so a write landing between the
+    /// reads cannot make the row and the head look different (a false "NOT VERIFIED"). `None`: no such audit.
+    pub async fn audit_page(
+        &self,
+        id: i64,
+        after: Option<i64>,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<Option<AuditPage>, StoreError> {
+        let mut tx = self.read_pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(row) = get_in(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let Some((shown, row_content_hash, row_chain_hash)) =
+            super::current_record_in(&mut tx, id).await?
+        else {
+            return Ok(None);
+        };
+        let history = history_page_in(&mut tx, id, after, limit, max_bytes).await?;
+        tx.commit().await?;
+        Ok(Some(AuditPage {
+            row,
+            shown,
+            row_content_hash,
+            row_chain_hash,
+            history,
+        }))
+    }
+
+    /// Whether `chain_hash` is one of audit `audit_id`'s stored chain hashes (one probe of its history rows,
+    /// records not read).
+    pub async fn chain_contains(
+        &self,
+        audit_id: i64,
+        chain_hash: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_history_all WHERE audit_id = $1 AND chain_hash = $2)",
+        )
+        .bind(audit_id)
+        .bind(chain_hash)
+        .fetch_one(&self.read_pool)
+        .await?)
     }
 
     /// The namespace of an audit (cheap existence/authorization check).
@@ -187,7 +390,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT namespace FROM audits WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read_pool)
                 .await?,
         )
     }
@@ -205,7 +408,7 @@ impl Store {
              )
              SELECT namespace FROM ns WHERE namespace IS NOT NULL",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read_pool)
         .await?)
     }
 }
@@ -241,6 +444,87 @@ fn audit_row(r: &sqlx::postgres::PgRow) -> Result<AuditRow, StoreError> {
     })
 }
 
+/// [`Store::get`] on one connection.
+async fn get_in(conn: &mut sqlx::PgConnection, id: i64) -> Result<Option<AuditRow>, StoreError> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(COLUMNS);
+    q.push(" WHERE a.id = ").push_bind(id);
+    let row = q.build().fetch_optional(&mut *conn).await?;
+    row.as_ref().map(audit_row).transpose()
+}
+
+/// [`Store::history_page`] on one connection.
+async fn history_page_in(
+    conn: &mut sqlx::PgConnection,
+    audit_id: i64,
+    after: Option<i64>,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<HistoryPage, StoreError> {
+    let limit = limit.clamp(1, 1000);
+    let after = after.unwrap_or(i64::MIN);
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    {
+        let mut rows = sqlx::query(
+            "SELECT generation, record, content_hash, prev_chain_hash, chain_hash
+             FROM audit_history_all WHERE audit_id = $1 AND generation > $2 ORDER BY generation, id LIMIT $3",
+        )
+        .bind(audit_id)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
+            if entries.len() as i64 >= limit {
+                more = true;
+                break;
+            }
+            let e = history_entry(&r)?;
+            bytes = bytes.saturating_add(e.record.len() + 400);
+            if !entries.is_empty() && bytes > max_bytes {
+                more = true;
+                break;
+            }
+            entries.push(e);
+        }
+    }
+    let prev_chain_hash: Option<String> =
+        match entries.first() {
+            Some(first) => sqlx::query_scalar(
+                "SELECT chain_hash FROM audit_history_all WHERE audit_id = $1 AND generation < $2
+                 ORDER BY generation DESC, id DESC LIMIT 1",
+            )
+            .bind(audit_id)
+            .bind(first.generation)
+            .fetch_optional(&mut *conn)
+            .await?,
+            None => None,
+        };
+    let head = match (more, entries.last()) {
+        // The page ends the history: its last entry is the head.
+        (false, Some(last)) => Some(last.clone()),
+        _ => sqlx::query(
+            "SELECT generation, record, content_hash, prev_chain_hash, chain_hash FROM audit_history_all
+             WHERE audit_id = $1 ORDER BY generation DESC, id DESC LIMIT 1",
+        )
+        .bind(audit_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| history_entry(&r))
+        .transpose()?,
+    };
+    Ok(HistoryPage {
+        next_after: if more {
+            entries.last().map(|e| e.generation)
+        } else {
+            None
+        },
+        entries,
+        prev_chain_hash: prev_chain_hash.unwrap_or_default(),
+        head,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +538,15 @@ mod tests {
         assert_eq!(Cursor::decode(&c.encode()), Ok(c));
         for bad in ["", "!!!", "bm9wZQ", &"A".repeat(100), "MTIzLjA"] {
             assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+        // Times chrono accepts but PostgreSQL does not (year -188000, year 200000): rejected here, as a cursor.
+        for micros in ["-6000000000000000000", "6000000000000000000"] {
+            let crafted = URL_SAFE_NO_PAD.encode(format!("{micros}.5"));
+            assert_eq!(
+                Cursor::decode(&crafted),
+                Err(CursorError("time out of range")),
+                "{micros}"
+            );
         }
     }
 }

@@ -103,7 +103,15 @@ impl SchemaName {
 pub struct StoreConfig {
     pub url: String,
     pub schema: SchemaName,
+    /// Connections of the write pool (the leader's writers, migrations, status checks).
     pub pool_size: u32,
+    /// Connections of the read pool (the query API); 0: half of `pool_size`, at least 2. Reads never take a
+    /// write connection, so a flood of expensive queries waits (and times out) among itself while writes go on.
+    pub read_pool_size: u32,
+    /// How long a query API statement may run (`statement_timeout` of every read connection).
+    pub read_statement_timeout: Duration,
+    /// How long a read waits for a free read connection before the API answers 503.
+    pub read_acquire_timeout: Duration,
     pub acquire_timeout: Duration,
     pub tls_mode: TlsMode,
 }
@@ -114,6 +122,9 @@ impl StoreConfig {
             url: url.to_string(),
             schema: SchemaName::parse(schema)?,
             pool_size: 10,
+            read_pool_size: 0,
+            read_statement_timeout: Duration::from_secs(5),
+            read_acquire_timeout: Duration::from_secs(2),
             acquire_timeout: Duration::from_secs(5),
             tls_mode: TlsMode::Prefer,
         })
@@ -179,6 +190,8 @@ pub struct VerifiedAudit {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The query API's pool: its own connections, read-only transactions, a statement timeout.
+    read_pool: PgPool,
     schema: SchemaName,
 }
 
@@ -196,18 +209,41 @@ impl Store {
                 TlsMode::VerifyCa => PgSslMode::VerifyCa,
                 TlsMode::VerifyFull => PgSslMode::VerifyFull,
             });
+        let read_options = options.clone().options([
+            (
+                "statement_timeout",
+                format!("{}ms", config.read_statement_timeout.as_millis().max(1)),
+            ),
+            ("default_transaction_read_only", "on".to_string()),
+            ("idle_in_transaction_session_timeout", "10s".to_string()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(config.acquire_timeout)
             .connect_lazy_with(options);
+        let read_size = match config.read_pool_size {
+            0 => (config.pool_size / 2).max(2),
+            n => n,
+        };
+        let read_pool = PgPoolOptions::new()
+            .max_connections(read_size)
+            .acquire_timeout(config.read_acquire_timeout)
+            .connect_lazy_with(read_options.application_name("datastorage-api"));
         Ok(Self {
             pool,
+            read_pool,
             schema: config.schema.clone(),
         })
     }
 
+    /// The write pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The query API's read pool.
+    pub fn read_pool(&self) -> &PgPool {
+        &self.read_pool
     }
 
     pub fn schema(&self) -> &SchemaName {
@@ -444,49 +480,8 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Option<(record::AuditRecord, String, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT cr_uid::text AS uid, namespace, name, generation, remediation_request_id, alert_fingerprint,
-                    alert_name, phase, outcome, action_type, severity, environment, cluster_name, target_resource,
-                    start_time, end_time, duration_ms, error_message, details, content_hash, chain_hash
-             FROM audits WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        let millis = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let shown = record::AuditRecord {
-            uid: r.try_get("uid")?,
-            namespace: r.try_get("namespace")?,
-            name: r.try_get("name")?,
-            generation: r.try_get("generation")?,
-            remediation_request_id: r.try_get("remediation_request_id")?,
-            alert_fingerprint: r.try_get("alert_fingerprint")?,
-            alert_name: r.try_get("alert_name")?,
-            phase: r.try_get("phase")?,
-            outcome: r.try_get("outcome")?,
-            action_type: r.try_get("action_type")?,
-            severity: r.try_get("severity")?,
-            environment: r.try_get("environment")?,
-            cluster_name: r.try_get("cluster_name")?,
-            target_resource: r.try_get("target_resource")?,
-            start_time: millis(r.try_get("start_time")?),
-            end_time: r
-                .try_get::<Option<DateTime<Utc>>, _>("end_time")?
-                .map(millis),
-            duration_ms: r.try_get("duration_ms")?,
-            error_message: r.try_get("error_message")?,
-            details: r
-                .try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>("details")?
-                .map(|j| j.0),
-        };
-        Ok(Some((
-            shown,
-            r.try_get("content_hash")?,
-            r.try_get("chain_hash")?,
-        )))
+        let mut conn = self.read_pool.acquire().await?;
+        current_record_in(&mut conn, id).await
     }
 
     /// Verifies audit `id` from the database alone: its chain (every history entry), that the current row's chain
@@ -543,6 +538,56 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// [`Store::current_record`] on one connection (inside a caller's transaction).
+pub(crate) async fn current_record_in(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+) -> Result<Option<(record::AuditRecord, String, String)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT cr_uid::text AS uid, namespace, name, generation, remediation_request_id, alert_fingerprint,
+                alert_name, phase, outcome, action_type, severity, environment, cluster_name, target_resource,
+                start_time, end_time, duration_ms, error_message, details, content_hash, chain_hash
+         FROM audits WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let millis = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let shown = record::AuditRecord {
+        uid: r.try_get("uid")?,
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        generation: r.try_get("generation")?,
+        remediation_request_id: r.try_get("remediation_request_id")?,
+        alert_fingerprint: r.try_get("alert_fingerprint")?,
+        alert_name: r.try_get("alert_name")?,
+        phase: r.try_get("phase")?,
+        outcome: r.try_get("outcome")?,
+        action_type: r.try_get("action_type")?,
+        severity: r.try_get("severity")?,
+        environment: r.try_get("environment")?,
+        cluster_name: r.try_get("cluster_name")?,
+        target_resource: r.try_get("target_resource")?,
+        start_time: millis(r.try_get("start_time")?),
+        end_time: r
+            .try_get::<Option<DateTime<Utc>>, _>("end_time")?
+            .map(millis),
+        duration_ms: r.try_get("duration_ms")?,
+        error_message: r.try_get("error_message")?,
+        details: r
+            .try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>("details")?
+            .map(|j| j.0),
+    };
+    Ok(Some((
+        shown,
+        r.try_get("content_hash")?,
+        r.try_get("chain_hash")?,
+    )))
 }
 
 const DIMENSIONS: usize = crate::crd::VECTOR_DIMENSIONS;

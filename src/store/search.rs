@@ -1,4 +1,4 @@
-//! Semantic search over the HNSW index. Each search runs in its own transaction so that `hnsw.ef_search` and
+//! Semantic search over the HNSW index, on the store's read pool (see `list`). Each search runs in its own transaction so that `hnsw.ef_search` and
 //! pgvector's iterative index scan are set with `set_config(…, true)` (= `SET LOCAL`) and never leak into pooled
 //! sessions. The iterative scan keeps filtered searches (e.g. one namespace holding 1 % of the rows) at full
 //! recall: the index scan goes on until enough rows pass the filter instead of stopping after `ef_search`.
@@ -70,7 +70,7 @@ impl Store {
         // Candidates from the index (namespace filtered inside the iterative scan); the other filters are applied
         // to a generous candidate set, then results are ordered by exact distance.
         let candidates = (limit * 4).max(100);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_pool.begin().await?;
         sqlx::query(
             "SELECT set_config('hnsw.ef_search', $1, true),
                     set_config('hnsw.iterative_scan', 'relaxed_order', true),
@@ -138,7 +138,7 @@ impl Store {
         let v: Option<(Vector, String)> =
             sqlx::query_as("SELECT embedding, model_id FROM audit_embeddings WHERE audit_id = $1")
                 .bind(audit_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read_pool)
                 .await?;
         Ok(v.map(|(v, m)| (v.to_vec(), m)))
     }

@@ -472,6 +472,8 @@ async fn self_managed_certificate_is_shared_by_replicas_and_its_ca_injected() {
                 }),
                 checkpoint: None,
                 admission: Some(other),
+                api_limits: datastorage::http::Limits::API,
+                ops_limits: datastorage::http::Limits::OPS,
             },
         )
         .await

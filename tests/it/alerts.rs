@@ -145,6 +145,8 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
             model_dir: None,
             leader_election: None,
             checkpoint: None,
+            api_limits: datastorage::http::Limits::API,
+            ops_limits: datastorage::http::Limits::OPS,
             admission: None,
         },
     )

@@ -15,9 +15,9 @@ use datastorage::store::{AuditWrite, EmbeddingRow, Store, WriteOutcome};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-const RAUDIT: &str = "remediationaudits.datastorage.kubernaut.ai";
+pub(crate) const RAUDIT: &str = "remediationaudits.datastorage.kubernaut.ai";
 
-async fn runtime(env: &TestEnv) -> Arc<StoreRuntime> {
+pub(crate) async fn runtime(env: &TestEnv) -> Arc<StoreRuntime> {
     let ctx = env.operator.as_ref().unwrap().context.clone();
     eventually(WAIT, "the store runtime", || {
         let ctx = ctx.clone();
@@ -27,7 +27,13 @@ async fn runtime(env: &TestEnv) -> Arc<StoreRuntime> {
 }
 
 /// Stores one audit directly (with its vector from the runtime's embedder); returns its id.
-async fn insert(rt: &StoreRuntime, ns: &str, name: &str, start: DateTime<Utc>, error: &str) -> i64 {
+pub(crate) async fn insert(
+    rt: &StoreRuntime,
+    ns: &str,
+    name: &str,
+    start: DateTime<Utc>,
+    error: &str,
+) -> i64 {
     let spec = RemediationAuditSpec {
         remediation_request_id: format!("rr-{ns}-{name}"),
         alert_fingerprint: "fp".into(),
@@ -74,12 +80,12 @@ async fn insert(rt: &StoreRuntime, ns: &str, name: &str, start: DateTime<Utc>, e
     }
 }
 
-fn at(secs: i64) -> DateTime<Utc> {
+pub(crate) fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_767_225_600 + secs, 0).unwrap()
 }
 
 /// A ServiceAccount in `ns` and a token for it.
-fn service_account(ns: &str, name: &str) -> String {
+pub(crate) fn service_account(ns: &str, name: &str) -> String {
     kubectl(&["-n", ns, "create", "serviceaccount", name], None);
     kubectl(&["-n", ns, "create", "token", name, "--duration=1h"], None)
         .trim()
@@ -87,7 +93,7 @@ fn service_account(ns: &str, name: &str) -> String {
 }
 
 /// Waits until RBAC answers `expected` for `kubectl auth can-i list remediationaudits` as that ServiceAccount.
-fn wait_can_i(sa_ns: &str, sa: &str, ns_flag: &[&str], expected: bool) {
+pub(crate) fn wait_can_i(sa_ns: &str, sa: &str, ns_flag: &[&str], expected: bool) {
     let user = format!("system:serviceaccount:{sa_ns}:{sa}");
     for _ in 0..100 {
         let mut args = vec!["auth", "can-i", "list", RAUDIT, "--as", &user];
@@ -102,20 +108,20 @@ fn wait_can_i(sa_ns: &str, sa: &str, ns_flag: &[&str], expected: bool) {
     panic!("RBAC for {user} {ns_flag:?} never became {expected}");
 }
 
-struct Http {
+pub(crate) struct Http {
     base: String,
     http: reqwest::Client,
 }
 
 impl Http {
-    fn new(env: &TestEnv) -> Self {
+    pub(crate) fn new(env: &TestEnv) -> Self {
         Self {
             base: env.api_url(),
             http: reqwest::Client::new(),
         }
     }
 
-    async fn get(&self, token: Option<&str>, path: &str) -> (u16, String, Value) {
+    pub(crate) async fn get(&self, token: Option<&str>, path: &str) -> (u16, String, Value) {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -123,7 +129,7 @@ impl Http {
         Self::answer(req.send().await.unwrap()).await
     }
 
-    async fn search(&self, token: &str, body: Value) -> (u16, String, Value) {
+    pub(crate) async fn search(&self, token: &str, body: Value) -> (u16, String, Value) {
         let req = self
             .http
             .post(format!("{}/api/v1/audits/search", self.base))
@@ -146,7 +152,7 @@ impl Http {
     }
 }
 
-fn ids(items: &Value) -> Vec<i64> {
+pub(crate) fn ids(items: &Value) -> Vec<i64> {
     let mut v: Vec<i64> = items
         .as_array()
         .unwrap()
@@ -157,7 +163,7 @@ fn ids(items: &Value) -> Vec<i64> {
     v
 }
 
-fn assert_problem(answer: &(u16, String, Value), status: u16, parameter: Option<&str>) {
+pub(crate) fn assert_problem(answer: &(u16, String, Value), status: u16, parameter: Option<&str>) {
     let (s, ct, body) = answer;
     assert_eq!(*s, status, "{body}");
     assert_eq!(ct, "application/problem+json", "{body}");
@@ -477,7 +483,7 @@ async fn keyset_pagination_returns_every_row_once_while_rows_are_inserted() {
     assert!(pages >= 5 && inserted >= 15);
 }
 
-fn run_plugin(args: &[&str], path_dir: &str) -> std::process::Output {
+pub(crate) fn run_plugin(args: &[&str], path_dir: &str) -> std::process::Output {
     let path = format!("{path_dir}:{}", std::env::var("PATH").unwrap_or_default());
     Command::new(kubectl_path())
         .args(args)

@@ -31,7 +31,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
     );
     kubectl(&["create", "namespace", &ns], None);
     let values = format!(
-        "dataStorage.create=true,database.url={},operator.dataStorageName={ns},operator.watchNamespace={ns}",
+        "dataStorage.create=true,dataStorage.tlsMode=disable,database.url={},operator.dataStorageName={ns},operator.watchNamespace={ns}",
         db.url
     );
     helm(&[
@@ -76,6 +76,8 @@ async fn the_operator_works_with_the_charts_service_account_only() {
                 duration_seconds: 10,
             }),
             checkpoint: Some(checkpoint_config(&ns)),
+            api_limits: datastorage::http::Limits::API,
+            ops_limits: datastorage::http::Limits::OPS,
             admission: None,
         },
     )

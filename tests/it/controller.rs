@@ -500,3 +500,61 @@ async fn a_forged_expiry_annotation_does_not_hide_a_deletion() {
         "a tenant's deletion before the TTL was hidden by the annotation"
     );
 }
+
+/// Deleting the DataStorage stops writes and queries until one is back (issue 21, item 10). Failed before the
+/// change: the controller only reconciles objects that exist, so the last runtime stayed published after the
+/// delete and new audits went on being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_datastorage_stops_writes_until_it_is_back() {
+    let env = TestEnv::new("ds-delete").await;
+    let ns = env.ns.clone();
+    let op = env.operator.as_ref().unwrap();
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("before", "rr-before", "")),
+    );
+    env.wait_state("before", "Persisted", WAIT).await;
+    let saved = kubectl(&["get", "dstore", &ns, "-o", "yaml"], None);
+
+    kubectl(&["delete", "dstore", &ns, "--wait=true"], None);
+    eventually(WAIT, "the runtime withdrawn", || async {
+        op.context.current_runtime().is_none().then_some(())
+    })
+    .await;
+    let readyz = reqwest::get(format!("http://{}/readyz", op.ops_addr))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    let api = reqwest::get(format!("http://{}/api/v1/audits", op.api_addr))
+        .await
+        .unwrap();
+    assert!(
+        [401, 503].contains(&api.status().as_u16()),
+        "{}",
+        api.status()
+    );
+
+    // An audit created meanwhile is not stored...
+    env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&audit_yaml("during", "rr-during", "")),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let store = env.store().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audits WHERE name = 'during'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "an audit was stored with no DataStorage");
+
+    // ... and is, once the DataStorage is back.
+    let recreated: String = saved
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("resourceVersion:") && !l.trim_start().starts_with("uid:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    kubectl(&["apply", "-f", "-"], Some(&recreated));
+    env.wait_state("during", "Persisted", WAIT).await;
+}

@@ -742,6 +742,8 @@ pub async fn cr_to_persisted(
             leader_election: None,
             // Checkpoints (every 300 s in the chart) take one short lock per interval: none within a bench run.
             checkpoint: None,
+            api_limits: datastorage::http::Limits::API,
+            ops_limits: datastorage::http::Limits::OPS,
             admission: None,
         },
     )

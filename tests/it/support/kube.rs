@@ -155,6 +155,7 @@ pub struct TestEnv {
     pub db: TestDb,
     pub operator: Option<Running>,
     pub client: Client,
+    pub api_limits: datastorage::http::Limits,
     pub admission: Option<operator::Admission>,
 }
 
@@ -164,6 +165,8 @@ pub struct EnvOptions {
     pub start_operator: bool,
     /// The database URL put in the Secret (defaults to the test database).
     pub url: Option<String>,
+    /// What the operator's query API port tolerates (tests of the limits themselves shorten or lengthen them).
+    pub api_limits: datastorage::http::Limits,
     /// Serve the admission webhook from the in-process operator.
     pub admission: Option<operator::Admission>,
 }
@@ -174,6 +177,7 @@ impl Default for EnvOptions {
             spec_extra: "  embedding:\n    provider: Hash\n".into(),
             start_operator: true,
             url: None,
+            api_limits: datastorage::http::Limits::API,
             admission: None,
         }
     }
@@ -224,6 +228,7 @@ impl TestEnv {
             db,
             operator: None,
             client,
+            api_limits: opts.api_limits,
             admission: opts.admission.clone(),
         };
         if opts.start_operator {
@@ -254,6 +259,8 @@ impl TestEnv {
                 // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
                 // (`checkpoint_now`), so that tests control what a checkpoint covers.
                 checkpoint: Some(self.checkpoint_config()),
+                api_limits: self.api_limits,
+                ops_limits: datastorage::http::Limits::OPS,
                 admission: self.admission.clone(),
             },
         )

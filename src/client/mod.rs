@@ -8,18 +8,27 @@
 //! - **direct**: `--server http://host:port` (port-forward, in-cluster, tests), token in `Authorization`.
 //!
 //! The token is `--token`, else the kubeconfig user's `token` / `tokenFile`.
+//!
+//! Answers are read into the API's own wire types ([`crate::api::types`]); everything printed comes through
+//! [`output`], which escapes what a tenant could use to drive the terminal (control characters, bidi overrides).
 
-use std::fmt::Write as _;
+pub mod output;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use super::auth::FORWARDED_TOKEN_HEADER;
+use crate::api::auth::FORWARDED_TOKEN_HEADER;
+use crate::api::problem::Problem;
+use crate::api::types::{ChainCheck, GetResponse, ListResponse, SearchRequest, SearchResponse};
+use crate::checkpoint::Anchors;
+use output::escape;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,6 +126,18 @@ impl FilterArgs {
     }
 }
 
+impl FilterArgs {
+    fn into_search(self, body: &mut SearchRequest) {
+        body.phase = self.phase;
+        body.outcome = self.outcome;
+        body.severity = self.severity;
+        body.cluster = self.cluster;
+        body.action_type = self.action_type;
+        body.since = self.since;
+        body.until = self.until;
+    }
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum QueryCommand {
     /// List audits, newest first.
@@ -129,6 +150,9 @@ pub enum QueryCommand {
         /// Continue after a previous page (its nextCursor).
         #[arg(long)]
         cursor: Option<String>,
+        /// Include each audit's details (up to 64 KiB each; omitted by default).
+        #[arg(long)]
+        details: bool,
     },
     /// Show one audit with its history and hash-chain verification.
     Get { id: i64 },
@@ -253,13 +277,13 @@ impl ApiClient {
         })
     }
 
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
         let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
         let body_bytes = body
             .map(serde_json::to_vec)
@@ -338,12 +362,12 @@ impl ApiClient {
                 ClientError::Transport(format!("the API answered {status} with invalid JSON: {e}"))
             });
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(p) if p.get("title").is_some() => Err(ClientError::Problem {
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) => Err(ClientError::Problem {
                 status,
-                title: p["title"].as_str().unwrap_or_default().to_string(),
-                detail: p["detail"].as_str().unwrap_or_default().to_string(),
-                parameter: p["parameter"].as_str().map(str::to_string),
+                title: p.title,
+                detail: p.detail,
+                parameter: p.parameter,
             }),
             _ => Err(ClientError::Transport(format!(
                 "the API answered {status}: {}",
@@ -355,22 +379,130 @@ impl ApiClient {
         }
     }
 
-    pub async fn list(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        self.call("GET", "/api/v1/audits", query, None).await
+    pub async fn list(&self, query: &[(&str, String)]) -> Result<ListResponse, ClientError> {
+        self.call("GET", "/api/v1/audits", query, None::<&()>).await
     }
 
-    pub async fn get(&self, id: i64) -> Result<Value, ClientError> {
-        self.call("GET", &format!("/api/v1/audits/{id}"), &[], None)
+    /// One audit with one page of its history (after generation `history_cursor`).
+    pub async fn get(
+        &self,
+        id: i64,
+        history_cursor: Option<&str>,
+    ) -> Result<GetResponse, ClientError> {
+        let query: Vec<(&str, String)> = history_cursor
+            .map(|c| ("historyCursor", c.to_string()))
+            .into_iter()
+            .collect();
+        self.call("GET", &format!("/api/v1/audits/{id}"), &query, None::<&()>)
             .await
     }
 
-    pub async fn search(&self, body: &Value) -> Result<Value, ClientError> {
+    pub async fn search(&self, body: &SearchRequest) -> Result<SearchResponse, ClientError> {
         self.call("POST", "/api/v1/audits/search", &[], Some(body))
             .await
     }
+
+    /// Verifies every page of an audit's history: each page verifies on its own and links to the page before.
+    pub async fn verify(&self, id: i64) -> Result<VerifyReport, ClientError> {
+        let first = self.get(id, None).await?;
+        let mut report = VerifyReport {
+            id,
+            chain_verified: first.chain_verified,
+            chain_head_matches: first.chain_head_matches,
+            chain_checks: first.chain_checks.clone(),
+            row_mismatches: first.row_mismatches.clone(),
+            anchors: Some(first.anchors.clone()),
+            problems: first.problems.clone(),
+            hashes: first
+                .history
+                .iter()
+                .map(|h| (h.generation, h.content_hash.clone(), h.chain_hash.clone()))
+                .collect(),
+            namespace: first.audit.namespace.clone(),
+            name: first.audit.name.clone(),
+        };
+        let mut next = first.history_next_cursor;
+        // Each page holds at least one generation, so the walk ends; the bound only guards against a server
+        // that keeps answering the same cursor.
+        let mut pages = 1;
+        while let Some(cursor) = next {
+            let page = self.get(id, Some(&cursor)).await?;
+            report.chain_verified &= page.chain_verified;
+            report.chain_head_matches &= page.chain_head_matches;
+            report.chain_checks.extend(page.chain_checks);
+            // The head and anchor findings repeat on every page; each is reported once.
+            for p in page.problems {
+                if !report.problems.contains(&p) {
+                    report.problems.push(p);
+                }
+            }
+            for m in page.row_mismatches {
+                if !report.row_mismatches.contains(&m) {
+                    report.row_mismatches.push(m);
+                }
+            }
+            report.hashes.extend(
+                page.history
+                    .iter()
+                    .map(|h| (h.generation, h.content_hash.clone(), h.chain_hash.clone())),
+            );
+            next = page.history_next_cursor;
+            pages += 1;
+            if pages > 1_000_000 {
+                return Err(ClientError::Transport(
+                    "the history does not end (the server repeats a page)".into(),
+                ));
+            }
+        }
+        report.chain_verified &= !report.chain_checks.is_empty();
+        Ok(report)
+    }
 }
 
-/// Runs one `kubectl audit` / `datastorage query` command; prints to stdout, errors to stderr.
+/// What `verify` found over every page of a history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub id: i64,
+    pub chain_verified: bool,
+    pub chain_head_matches: bool,
+    pub chain_checks: Vec<ChainCheck>,
+    /// Fields in which the current row differs from the head record.
+    pub row_mismatches: Vec<String>,
+    /// The RemediationAudit's status.chainHash and the latest signed checkpoint (`None`: the audit is missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<Anchors>,
+    /// What failed, one line each.
+    pub problems: Vec<String>,
+    #[serde(skip)]
+    pub namespace: String,
+    #[serde(skip)]
+    pub name: String,
+    /// (generation, content hash, chain hash) per generation, for the table.
+    #[serde(skip)]
+    pub hashes: Vec<(i64, String, String)>,
+}
+
+impl VerifyReport {
+    /// The report on an audit the API answers 404 for: it does not verify, for the reason the API gives.
+    pub fn missing(id: i64, detail: String) -> Self {
+        VerifyReport {
+            id,
+            chain_verified: false,
+            chain_head_matches: false,
+            chain_checks: vec![],
+            row_mismatches: vec![],
+            anchors: None,
+            problems: vec![detail],
+            namespace: String::new(),
+            name: String::new(),
+            hashes: vec![],
+        }
+    }
+}
+
+/// Runs one `kubectl audit` / `datastorage query` command; prints to stdout, errors to stderr (escaped: an error
+/// may quote the server's words).
 pub async fn run(conn: &Connection, cmd: &QueryCommand) -> ExitCode {
     match execute(conn, cmd).await {
         Ok((out, code)) => {
@@ -378,7 +510,7 @@ pub async fn run(conn: &Connection, cmd: &QueryCommand) -> ExitCode {
             code
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", escape(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -401,6 +533,7 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
             filters,
             limit,
             cursor,
+            details,
         } => {
             let mut query = filters.pairs();
             if let Some(ns) = &namespace {
@@ -410,20 +543,23 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
             if let Some(c) = cursor {
                 query.push(("cursor", c.clone()));
             }
+            if *details {
+                query.push(("fields", "details".into()));
+            }
             let page = client.list(&query).await?;
             if conn.output == Output::Table {
-                if let Some(next) = page["nextCursor"].as_str() {
-                    eprintln!("(more audits: add --cursor {next})");
+                if let Some(next) = &page.next_cursor {
+                    eprintln!("(more audits: add --cursor {})", escape(next));
                 }
-                return Ok((list_table(&page["items"], now, false), ExitCode::SUCCESS));
+                return Ok((output::list_table(&page.items, now), ExitCode::SUCCESS));
             }
-            Ok((format_value(&page, conn.output)?, ExitCode::SUCCESS))
+            Ok((output::format(&page, conn.output)?, ExitCode::SUCCESS))
         }
         QueryCommand::Get { id } => {
-            let detail = client.get(*id).await?;
+            let detail = client.get(*id, None).await?;
             let out = match conn.output {
-                Output::Table => get_text(&detail, now),
-                other => format_value(&detail, other)?,
+                Output::Table => output::get_text(&detail, now),
+                other => output::format(&detail, other)?,
             };
             Ok((out, ExitCode::SUCCESS))
         }
@@ -434,64 +570,38 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
             limit,
             min_similarity,
         } => {
-            let mut body = serde_json::Map::new();
+            let mut body = SearchRequest::default();
             match (query, similar_to) {
-                (Some(q), _) => body.insert("query".into(), json!(q)),
-                (None, Some(id)) => body.insert("similarToId".into(), json!(id)),
+                (Some(q), _) => body.query = Some(q.clone()),
+                (None, Some(id)) => body.similar_to_id = Some(*id),
                 (None, None) => anyhow::bail!("give a QUERY text or --similar-to ID"),
             };
-            for (k, v) in filters.pairs() {
-                body.insert(k.into(), json!(v));
-            }
-            if let Some(ns) = &namespace {
-                body.insert("namespace".into(), json!(ns));
-            }
-            body.insert("limit".into(), json!(limit));
-            if let Some(m) = min_similarity {
-                body.insert("minSimilarity".into(), json!(m));
-            }
-            let res = client.search(&Value::Object(body)).await?;
+            filters.clone().into_search(&mut body);
+            body.namespace = namespace.clone();
+            body.limit = Some(*limit);
+            body.min_similarity = *min_similarity;
+            let res = client.search(&body).await?;
             let out = match conn.output {
-                Output::Table => list_table(&res["results"], now, true),
-                other => format_value(&res, other)?,
+                Output::Table => output::search_table(&res.results, now),
+                other => output::format(&res, other)?,
             };
             Ok((out, ExitCode::SUCCESS))
         }
         QueryCommand::Verify { id } => {
-            let detail = match client.get(*id).await {
-                Ok(d) => d,
+            let report = match client.verify(*id).await {
+                Ok(r) => r,
                 // A missing audit does not verify (the API says when the signed checkpoint lists it).
                 Err(ClientError::Problem {
                     status: 404,
                     detail,
                     ..
-                }) => {
-                    let out = match conn.output {
-                        Output::Table => format!("Audit {id}: NOT VERIFIED: {detail}\n"),
-                        other => format_value(
-                            &json!({ "id": id, "chainVerified": false, "problems": [detail] }),
-                            other,
-                        )?,
-                    };
-                    return Ok((out, ExitCode::from(1)));
-                }
+                }) => VerifyReport::missing(*id, detail),
                 Err(e) => return Err(e.into()),
             };
-            let (text, ok) = verify_text(&detail);
+            let ok = report.chain_verified;
             let out = match conn.output {
-                Output::Table => text,
-                other => format_value(
-                    &json!({
-                        "id": id,
-                        "chainVerified": ok,
-                        "chainHeadMatches": detail["chainHeadMatches"],
-                        "chainChecks": detail["chainChecks"],
-                        "rowMismatches": detail["rowMismatches"],
-                        "anchors": detail["anchors"],
-                        "problems": detail["problems"],
-                    }),
-                    other,
-                )?,
+                Output::Table => output::verify_text(&report),
+                other => output::format(&report, other)?,
             };
             Ok((
                 out,
@@ -502,242 +612,5 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
                 },
             ))
         }
-    }
-}
-
-fn format_value(v: &Value, output: Output) -> anyhow::Result<String> {
-    Ok(match output {
-        Output::Yaml => serde_saphyr::to_string(v)?,
-        _ => format!("{}\n", serde_json::to_string_pretty(v)?),
-    })
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "<none>".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Kubernetes-style age: 42s, 7m, 5h, 3d.
-pub fn age(start: &str, now: DateTime<Utc>) -> String {
-    let Ok(t) = DateTime::parse_from_rfc3339(start) else {
-        return "<unknown>".into();
-    };
-    let secs = (now - t.with_timezone(&Utc)).num_seconds().max(0);
-    match secs {
-        0..120 => format!("{secs}s"),
-        120..7200 => format!("{}m", secs / 60),
-        7200..172_800 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
-}
-
-/// Left-aligned columns separated by three spaces, like kubectl.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let n = cells.len();
-        for (i, c) in cells.into_iter().enumerate() {
-            if i + 1 == n {
-                out.push_str(c);
-            } else {
-                let _ = write!(out, "{c:<w$}   ", w = widths[i]);
-            }
-        }
-        out.push('\n');
-    };
-    line(header.to_vec(), &mut out);
-    for r in rows {
-        line(r.iter().map(String::as_str).collect(), &mut out);
-    }
-    out
-}
-
-fn list_table(items: &Value, now: DateTime<Utc>, similarity: bool) -> String {
-    let items = items.as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
-        return "No audits found.\n".into();
-    }
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|i| {
-            let mut r = vec![
-                s(&i["id"]),
-                s(&i["namespace"]),
-                s(&i["name"]),
-                s(&i["actionType"]),
-                s(&i["outcome"]),
-                s(&i["severity"]),
-            ];
-            if similarity {
-                r.push(format!("{:.3}", i["similarity"].as_f64().unwrap_or(0.0)));
-            }
-            r.push(age(i["startTime"].as_str().unwrap_or_default(), now));
-            r
-        })
-        .collect();
-    let mut header = vec!["ID", "NAMESPACE", "NAME", "ACTION", "OUTCOME", "SEVERITY"];
-    if similarity {
-        header.push("SIMILARITY");
-    }
-    header.push("AGE");
-    table(&header, &rows)
-}
-
-fn get_text(d: &Value, now: DateTime<Utc>) -> String {
-    let a = &d["audit"];
-    let mut out = String::new();
-    for (label, key) in [
-        ("ID", "id"),
-        ("Namespace", "namespace"),
-        ("Name", "name"),
-        ("Remediation request", "remediationRequestId"),
-        ("Alert", "alertName"),
-        ("Alert fingerprint", "alertFingerprint"),
-        ("Action", "actionType"),
-        ("Phase", "phase"),
-        ("Outcome", "outcome"),
-        ("Severity", "severity"),
-        ("Environment", "environment"),
-        ("Cluster", "clusterName"),
-        ("Target", "targetResource"),
-        ("Start", "startTime"),
-        ("End", "endTime"),
-        ("Duration (ms)", "durationMs"),
-        ("Error", "errorMessage"),
-        ("Generation", "generation"),
-        ("Deleted", "deletedAt"),
-    ] {
-        let _ = writeln!(out, "{:<21}{}", format!("{label}:"), s(&a[key]));
-    }
-    let _ = writeln!(
-        out,
-        "{:<21}{}",
-        "Age:",
-        age(a["startTime"].as_str().unwrap_or_default(), now)
-    );
-    if let Some(details) = a.get("details").filter(|v| !v.is_null()) {
-        let _ = writeln!(out, "{:<21}{details}", "Details:");
-    }
-    let (verify, _) = verify_text(d);
-    out.push_str(&verify);
-    out
-}
-
-fn verify_text(d: &Value) -> (String, bool) {
-    let ok = d["chainVerified"].as_bool().unwrap_or(false);
-    let a = &d["audit"];
-    let checks = d["chainChecks"].as_array().cloned().unwrap_or_default();
-    let mut out = format!(
-        "Audit {} ({}/{}): hash chain {} ({} generation{})\n",
-        s(&a["id"]),
-        s(&a["namespace"]),
-        s(&a["name"]),
-        if ok { "verified" } else { "NOT VERIFIED" },
-        checks.len(),
-        if checks.len() == 1 { "" } else { "s" }
-    );
-    let history = d["history"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = checks
-        .iter()
-        .map(|c| {
-            let g = c["generation"].as_i64();
-            let h = history.iter().find(|h| h["generation"].as_i64() == g);
-            let short = |k: &str| {
-                h.and_then(|h| h[k].as_str())
-                    .map(|x| x.chars().take(16).collect())
-                    .unwrap_or_default()
-            };
-            vec![
-                s(&c["generation"]),
-                short("contentHash"),
-                short("chainHash"),
-                if c["ok"].as_bool() == Some(true) {
-                    "ok".into()
-                } else {
-                    c["problem"].as_str().unwrap_or("failed").to_string()
-                },
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        out.push_str(&table(
-            &["GENERATION", "CONTENT-HASH", "CHAIN-HASH", "CHECK"],
-            &rows,
-        ));
-    }
-    match d["problems"].as_array() {
-        // Every failure named: the chain, the current row, the resource's chainHash, the signed checkpoint.
-        Some(problems) => {
-            for p in problems.iter().filter_map(Value::as_str) {
-                let _ = writeln!(out, "FAILED: {p}");
-            }
-        }
-        None if d["chainHeadMatches"].as_bool() == Some(false) => {
-            out.push_str("the audit's current chainHash does not match its latest history entry\n");
-        }
-        None => {}
-    }
-    if let Some(at) = d["anchors"]["checkpoint"]["at"].as_str()
-        && d["anchors"]["checkpoint"]["verified"].as_bool() == Some(true)
-    {
-        let covered = d["anchors"]["checkpoint"]["covered"].as_bool() == Some(true);
-        let _ = writeln!(
-            out,
-            "signed checkpoint of {at}: {}",
-            if covered {
-                "proves this audit"
-            } else {
-                "does not cover this audit yet"
-            }
-        );
-    }
-    (out, ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_and_tables_read_like_kubectl() {
-        let now = DateTime::parse_from_rfc3339("2026-01-10T12:00:00Z")
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_default();
-        assert_eq!(age("2026-01-10T11:59:30Z", now), "30s");
-        assert_eq!(age("2026-01-10T11:00:00Z", now), "60m");
-        assert_eq!(age("2026-01-10T02:00:00Z", now), "10h");
-        assert_eq!(age("2026-01-01T12:00:00Z", now), "9d");
-        let t = table(
-            &["ID", "NAME"],
-            &[
-                vec!["1".into(), "a".into()],
-                vec!["12345".into(), "b".into()],
-            ],
-        );
-        assert_eq!(t, "ID      NAME\n1       a\n12345   b\n");
-    }
-
-    #[test]
-    fn verify_reports_broken_chains() {
-        let d = json!({"audit": {"id": 1, "namespace": "a", "name": "x"}, "chainVerified": false,
-            "chainHeadMatches": true, "chainChecks": [{"generation": 1, "ok": false, "problem": "record does not match content_hash"}],
-            "history": []});
-        let (text, ok) = verify_text(&d);
-        assert!(!ok);
-        assert!(
-            text.contains("NOT VERIFIED") && text.contains("record does not match"),
-            "{text}"
-        );
     }
 }
