@@ -73,6 +73,8 @@ pub struct Context {
     watch_failing_since: Mutex<Option<Instant>>,
     /// Where the signed chain-head checkpoints are kept, when configured (set once at start-up).
     checkpoint: std::sync::OnceLock<Arc<crate::checkpoint::CheckpointConfig>>,
+    /// The DataStorage this replica serves (set once at start-up): `/readyz` names it when it is not Ready.
+    datastorage: std::sync::OnceLock<String>,
 }
 
 /// Unpublishes the audit controller's queue depth when the controller stops (or is aborted).
@@ -108,12 +110,23 @@ impl Context {
             queue_depth: Arc::new(Mutex::new(None)),
             watch_failing_since: Mutex::new(None),
             checkpoint: std::sync::OnceLock::new(),
+            datastorage: std::sync::OnceLock::new(),
         }
     }
 
     /// Where checkpoints are kept, when configured.
     pub fn checkpoint(&self) -> Option<&Arc<crate::checkpoint::CheckpointConfig>> {
         self.checkpoint.get()
+    }
+
+    /// The DataStorage this replica serves, once set.
+    pub fn datastorage_name(&self) -> Option<&str> {
+        self.datastorage.get().map(String::as_str)
+    }
+
+    /// Names the DataStorage this replica serves (once; a second call is ignored).
+    pub fn set_datastorage_name(&self, name: &str) {
+        let _ = self.datastorage.set(name.to_string());
     }
 
     /// Configures checkpoints (once; a second call is ignored).
