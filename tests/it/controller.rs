@@ -476,3 +476,70 @@ async fn a_forged_expiry_annotation_does_not_hide_a_deletion() {
         "a tenant's deletion before the TTL was hidden by the annotation"
     );
 }
+
+/// `/readyz` says why a replica is not ready: the DataStorage it serves does not exist (a default `helm install`,
+/// which creates none), or which condition fails; and it is 200 once the store is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_missing_or_failing_datastorage() {
+    let mut env = TestEnv::with(
+        "readyz",
+        EnvOptions {
+            start_operator: false,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let missing = format!("{}-missing", env.ns);
+    let lonely = datastorage::operator::start(
+        env.client.clone(),
+        datastorage::operator::Options {
+            datastorage: missing.clone(),
+            namespace: Some(env.ns.clone()),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            model_dir: None,
+            leader_election: None,
+            checkpoint: None,
+        },
+    )
+    .await
+    .unwrap();
+    let readyz = |addr: std::net::SocketAddr| async move {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (code, body) = readyz(lonely.ops_addr).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(&format!("DataStorage {missing:?} does not exist"))
+            && body.contains("dataStorage.create=true"),
+        "{body}"
+    );
+    lonely.task.abort();
+
+    // A DataStorage whose Secret is missing: the reason names the phase and the Ready condition's message.
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"nope"}}}}"#,
+    );
+    env.start_operator().await;
+    let ops = env.operator.as_ref().unwrap().ops_addr;
+    let body = eventually(WAIT, "/readyz naming the failing condition", || async {
+        let (code, body) = readyz(ops).await;
+        (code == 503 && body.contains("phase Failed")).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains(&format!("DataStorage {:?} is not Ready", env.ns))
+            && body.contains("DatabaseReachable: SecretNotFound"),
+        "{body}"
+    );
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"db"}}}}"#,
+    );
+    eventually(WAIT, "/readyz 200 once Ready", || async {
+        (readyz(ops).await.0 == 200).then_some(())
+    })
+    .await;
+}
