@@ -333,6 +333,8 @@ fn summary(start: Instant, line: String) {
 #[ignore = "cluster suite: needs the real node that hack/test.sh brings up (make test)"]
 async fn helm_on_a_real_node() {
     let test_start = Instant::now();
+    // The SUMMARY lines must start a line (hack/test.sh greps them): end the test harness's "test … " line first.
+    println!();
     let image = env("DATASTORAGE_NODE_IMAGE");
     let image2 = env("DATASTORAGE_NODE_IMAGE_UPGRADE");
     let (repo, tag) = image_parts(&image);
@@ -604,7 +606,9 @@ async fn helm_on_a_real_node() {
         ),
     );
 
-    // 4. kubectl audit list|search|verify through the service proxy, as a user who may read AUDITS_NS only.
+    // 4. kubectl audit list|search|verify through the service proxy, as a user who may read AUDITS_NS only: with
+    //    the built-in `view` role there (the chart's reader ClusterRole is aggregated into it) and the chart's
+    //    api-proxy Role (services/proxy on the operator's Service, bound to every authenticated user), nothing else.
     ensure_namespace(&client, OTHER_NS).await;
     // Indices after the stream's, so the remediationRequestIds stay unique.
     let (_, task) = spawn_stream(&client, OTHER_NS, total, total + 3, 3);
@@ -615,40 +619,58 @@ async fn helm_on_a_real_node() {
         "-n",
         AUDITS_NS,
         "create",
-        "role",
-        "audit-reader",
-        "--verb=get,list",
-        "--resource=remediationaudits.datastorage.kubernaut.ai",
-    ]);
-    kubectl(&[
-        "-n",
-        AUDITS_NS,
-        "create",
         "rolebinding",
         "cluster-reader",
-        "--role=audit-reader",
+        "--clusterrole=view",
         &format!("--serviceaccount={NS}:cluster-reader"),
     ]);
-    kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "role",
-        "api-proxy",
-        "--verb=get,create",
-        "--resource=services/proxy",
-        &format!("--resource-name={RELEASE}"),
-        &format!("--resource-name={RELEASE}:8080"),
-    ]);
-    kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "rolebinding",
-        "cluster-reader-proxy",
-        "--role=api-proxy",
-        &format!("--serviceaccount={NS}:cluster-reader"),
-    ]);
+    let reader = format!("system:serviceaccount:{NS}:cluster-reader");
+    let can_i = |args: &[&str]| {
+        let mut full = vec!["auth", "can-i", "--as", reader.as_str()];
+        full.extend_from_slice(args);
+        let out = run_raw(&kubebin("kubectl"), &full);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    // The clusterrole-aggregation controller adds the chart's rules to `view` shortly after the install.
+    crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "view aggregates the chart's reader role",
+        || async {
+            can_i(&[
+                "list",
+                "remediationaudits.datastorage.kubernaut.ai",
+                "-n",
+                AUDITS_NS,
+            ])
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        can_i(&[
+            "get",
+            &format!("services/{RELEASE}:8080"),
+            "--subresource=proxy",
+            "-n",
+            NS
+        ]) && !can_i(&[
+            "get",
+            "services/kubernetes",
+            "--subresource=proxy",
+            "-n",
+            "default"
+        ]),
+        "the chart's api-proxy Role grants services/proxy on the operator's Service, and on no other"
+    );
+    assert!(
+        !can_i(&[
+            "list",
+            "remediationaudits.datastorage.kubernaut.ai",
+            "-n",
+            OTHER_NS
+        ]),
+        "the reader may list audits only where it may view"
+    );
     let token = kubectl(&["-n", NS, "create", "token", "cluster-reader"]);
     let admin: Value = serde_json::from_str(&kubectl(&[
         "config", "view", "--minify", "--raw", "-o", "json",
@@ -836,12 +858,17 @@ async fn helm_on_a_real_node() {
         .collect()
     };
     // The hook Job's pod goes by garbage collection, shortly after its Job.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let t_gc = Instant::now();
+    let deadline = t_gc + Duration::from_secs(60);
     let mut left = release_objects();
     while left.len() > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         left = release_objects();
     }
+    println!(
+        "release objects after helm uninstall settled in {:.1}s: {left:?}",
+        t_gc.elapsed().as_secs_f64()
+    );
     // The checkpoint HMAC key is kept on purpose (helm.sh/resource-policy: keep): without it the signed checkpoints
     // could not be verified again.
     assert_eq!(
