@@ -98,12 +98,31 @@ pub async fn build(
 /// default; `embedding.local.threads` in the DataStorage overrides it. Unset, empty or invalid: the default
 /// (the available cores, which std derives from the cgroup quota too).
 fn threads_from_cpu_limit() -> Option<usize> {
-    let raw = std::env::var("DATASTORAGE_EMBED_THREADS").ok()?;
+    threads_from(&std::env::var("DATASTORAGE_EMBED_THREADS").ok()?)
+}
+
+fn threads_from(raw: &str) -> Option<usize> {
     match raw.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Some(n.min(crate::embed::MAX_DEFAULT_THREADS)),
         _ => {
             tracing::warn!(value = %raw, "DATASTORAGE_EMBED_THREADS is not a positive integer: ignored");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_from;
+
+    #[test]
+    fn embed_threads_follow_the_cpu_limit_capped_at_the_default_cap() {
+        // What the kubelet writes for limits.cpu with divisor 1: the limit rounded up.
+        assert_eq!(threads_from("1"), Some(1));
+        assert_eq!(threads_from("2\n"), Some(2));
+        assert_eq!(threads_from("16"), Some(crate::embed::MAX_DEFAULT_THREADS));
+        for bad in ["0", "", "1.5", "-1", "many"] {
+            assert_eq!(threads_from(bad), None, "{bad:?}");
         }
     }
 }
