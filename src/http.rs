@@ -47,11 +47,14 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
+    let (code, body) = readiness(&ctx).await;
+    ctx.note_readiness((code != StatusCode::OK).then_some(body.as_str()));
+    (code, body)
+}
+
+async fn readiness(ctx: &Arc<Context>) -> (StatusCode, String) {
     let Some(rt) = ctx.current_runtime() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            not_ready_reason(&ctx).await,
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, not_ready_reason(ctx).await);
     };
     if let Err(msg) = &rt.writable {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n"));

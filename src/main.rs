@@ -425,20 +425,36 @@ async fn apply_crds(client: kube::Client, dir: &std::path::Path) -> anyhow::Resu
         let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
             .with_context(|| format!("{} is not a CustomResourceDefinition", file.display()))?;
         let name = crd.metadata.name.clone().unwrap_or_default();
-        // Force: the fields Helm's install wrote (manager "helm") change owner; nobody else is meant to own them.
-        let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply("datastorage-crd-upgrade").force(),
-                &Patch::Apply(&crd),
+        let context = || {
+            format!(
+                "cannot apply CustomResourceDefinition {name} (is it installed? `helm install` installs the \
+                 chart's crds/; with --skip-crds, apply them yourself and set crds.upgrade=false)"
             )
+        };
+        // Force: the fields Helm's install wrote (manager "helm") change owner; nobody else is meant to own them.
+        let params = PatchParams::apply("datastorage-crd-upgrade").force();
+        // A dry run first: when the schema is the same (the generation would not move), nothing is written. A
+        // write that changes only managedFields still makes the apiserver rebuild the CRD's handler, and requests
+        // for its resources fail for a moment: not on every helm upgrade for nothing.
+        let live = api.get(&name).await.with_context(context)?;
+        let dry = api
+            .patch(&name, &params.clone().dry_run(), &Patch::Apply(&crd))
             .await
-            .with_context(|| {
-                format!(
-                    "cannot apply CustomResourceDefinition {name} (is it installed? `helm install` installs the \
-                     chart's crds/; with --skip-crds, apply them yourself and set crds.upgrade=false)"
-                )
-            })?;
+            .with_context(context)?;
+        if dry.metadata.generation == live.metadata.generation
+            && dry.metadata.labels == live.metadata.labels
+            && dry.metadata.annotations == live.metadata.annotations
+        {
+            done.push(format!(
+                "customresourcedefinition {name} unchanged (generation {})",
+                live.metadata.generation.unwrap_or_default()
+            ));
+            continue;
+        }
+        let applied = api
+            .patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(context)?;
         let served: Vec<String> = applied
             .spec
             .versions

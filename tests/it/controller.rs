@@ -508,12 +508,45 @@ async fn readyz_names_a_missing_or_failing_datastorage() {
         let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
-    let (code, body) = readyz(lonely.ops_addr).await;
-    assert_eq!(code, 503, "{body}");
+    // As if it ran in a pod: the reason is published as a Warning Event on it (once, not once per probe).
+    lonely.context.set_self_pod(&env.ns, "readyz-pod");
+    for _ in 0..3 {
+        let (code, body) = readyz(lonely.ops_addr).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains(&format!("DataStorage {missing:?} does not exist"))
+                && body.contains("dataStorage.create=true"),
+            "{body}"
+        );
+    }
+    let events = eventually(WAIT, "a NotReady Warning Event on the pod", || async {
+        let list: serde_json::Value = serde_json::from_str(&kubectl(
+            &["-n", &env.ns, "get", "events.events.k8s.io", "-o", "json"],
+            None,
+        ))
+        .ok()?;
+        let on_pod: Vec<serde_json::Value> = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["regarding"]["name"] == "readyz-pod" && e["reason"] == "NotReady")
+            .cloned()
+            .collect();
+        (!on_pod.is_empty()).then_some(on_pod)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["regarding"]["kind"], "Pod");
     assert!(
-        body.contains(&format!("DataStorage {missing:?} does not exist"))
-            && body.contains("dataStorage.create=true"),
-        "{body}"
+        events[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{events:?}"
+    );
+    assert!(
+        events[0]["series"].is_null(),
+        "three probes, one reason: one event, no series: {events:?}"
     );
     lonely.task.abort();
 
