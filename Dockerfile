@@ -37,6 +37,9 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
  && cargo build --release --locked --bin datastorage || true
 COPY . .
+# The commit `datastorage_build_info` and `--version` report (build.rs; the context has no .git):
+#   docker build --build-arg DATASTORAGE_GIT_COMMIT=$(git rev-parse --short=10 HEAD) .
+ARG DATASTORAGE_GIT_COMMIT=""
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin datastorage \
  && strip target/release/datastorage \

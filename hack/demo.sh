@@ -78,10 +78,9 @@ up() {
   local t_install=$SECONDS
   helm install "$RELEASE" charts/datastorage-operator -n "$NS" --create-namespace \
     --set image.repository="${image%:*}" --set-string image.tag="${image##*:}" --set image.pullPolicy=Never \
-    --set database.url="$pod_db_url" --set dataStorage.create=true --set dataStorage.tlsMode=disable >/dev/null
-  # Not `helm install --wait`: the pods are Ready only once the DataStorage exists, and the chart creates it in a
-  # post-install hook, which Helm runs after the wait.
-  kubectl -n "$NS" rollout status deployment/"$RELEASE" --timeout=180s >/dev/null
+    --set database.url="$pod_db_url" --set dataStorage.create=true --set dataStorage.tlsMode=disable \
+    --wait --timeout 180s >/dev/null
+  # --wait returns once the pods are Ready, i.e. once the DataStorage (a plain release object) is Ready.
   for _ in $(seq 1 240); do
     [[ "$(kubectl get dstore default -o jsonpath='{.status.phase}' 2>/dev/null)" == Ready ]] && break
     sleep 0.5

@@ -101,6 +101,9 @@ EOF
 
 # ----------------------------------------------------------------------------------------------------- artefacts ---
 find_binary() { # -> $BINARY
+  # The commit the binary reports (datastorage_build_info, --version): build.rs reads git itself; passing it makes a
+  # dirty tree visible too (the image's org.opencontainers.image.revision label says the same).
+  export DATASTORAGE_GIT_COMMIT="$sha$dirty"
   if [[ -n "${IMAGE_BINARY:-}" ]]; then
     BINARY="$IMAGE_BINARY"
   else
@@ -123,15 +126,16 @@ find_binary() { # -> $BINARY
 }
 
 # ---------------------------------------------------------------------------------------------------------- build ---
-build_base
-find_binary
-MODEL_DIR="$(hack/python-deps.sh model-dir)"
-[[ -f "$MODEL_DIR/model.safetensors" && -f "$MODEL_DIR/tokenizer.json" ]] || die "no model in $MODEL_DIR"
-
 version="$(awk -F'"' '/^version *=/ {print $2; exit}' Cargo.toml)"
 sha="$(git rev-parse --short=10 HEAD 2>/dev/null || echo nogit)"
 dirty=""
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock Dockerfile 2>/dev/null || dirty="-dirty"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock Dockerfile build.rs 2>/dev/null || dirty="-dirty"
+build_base
+find_binary
+log "binary: $("$BINARY" version)"
+MODEL_DIR="$(hack/python-deps.sh model-dir)"
+[[ -f "$MODEL_DIR/model.safetensors" && -f "$MODEL_DIR/tokenizer.json" ]] || die "no model in $MODEL_DIR"
+
 suffix=""
 [[ -n "${IMAGE_BINARY:-}" || "$IMAGE_PROFILE" == release ]] || suffix="-$IMAGE_PROFILE"
 IMAGE_TAG="${IMAGE_TAG:-$version-$sha$dirty$suffix}"

@@ -79,7 +79,7 @@ set -e
 # PostgreSQL on the bridge with password auth for the pod subnet, the #[ignore]d tests of tests/it/cluster.rs.
 run_cluster() {
   local log="$1" status t0=$SECONDS
-  echo "== cluster suite on a real node (tests/it/cluster.rs: helm install, leader pod kill, helm upgrade, kubectl audit, uninstall)"
+  echo "== cluster suite on a real node (tests/it/cluster.rs: helm install --wait, helm test, leader pod kill, helm upgrade with a CRD change, kubectl audit, drain, uninstall)"
   export NODE_DIR="$run_dir/node"
   DATASTORAGE_NODE_KUBECONFIG="$(hack/node.sh up | tail -n1)"
   eval "$(hack/node.sh env)"

@@ -210,11 +210,14 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
+    let (code, body) = readiness(&ctx).await;
+    ctx.note_readiness((code != StatusCode::OK).then_some(body.as_str()));
+    (code, body)
+}
+
+async fn readiness(ctx: &Arc<Context>) -> (StatusCode, String) {
     let Some(rt) = ctx.current_runtime() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the DataStorage is not ready\n".into(),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, not_ready_reason(ctx).await);
     };
     if let Err(msg) = &rt.writable {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n"));
@@ -249,5 +252,38 @@ fn no_answer(pool: &sqlx::PgPool) -> String {
         )
     } else {
         format!("database: no answer within 2s ({busy} of {max} pool connections busy)\n")
+    }
+}
+
+/// Why there is no store yet, naming the DataStorage and what to do: the first thing an operator installed
+/// without one (`helm install` with `dataStorage.create=false`) is asked about. One GET of the DataStorage, bounded
+/// to 2 s (the probe's timeout is 3 s); only while the replica is not ready.
+async fn not_ready_reason(ctx: &Context) -> String {
+    let Some(name) = ctx.datastorage_name() else {
+        return "the DataStorage is not ready\n".into();
+    };
+    let api: kube::Api<crate::crd::DataStorage> = kube::Api::all(ctx.client.clone());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), api.get_opt(name)).await {
+        Ok(Ok(None)) => format!(
+            "DataStorage {name:?} does not exist: create it (`kubectl explain datastorage.spec`; the Helm chart \
+             creates it with dataStorage.create=true and database.url or database.existingSecret)\n"
+        ),
+        Ok(Ok(Some(ds))) => {
+            let status = ds.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_else(|| "no Ready condition yet".into());
+            let phase = status
+                .phase
+                .map_or_else(|| "none".to_string(), |p| format!("{p:?}"));
+            format!(
+                "DataStorage {name:?} is not Ready (phase {phase}; {ready}); see `kubectl describe dstore {name}`\n"
+            )
+        }
+        Ok(Err(e)) => format!("DataStorage {name:?} is not ready, and reading it failed: {e}\n"),
+        Err(_) => format!("DataStorage {name:?} is not ready (reading it timed out)\n"),
     }
 }

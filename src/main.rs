@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "datastorage",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DATASTORAGE_GIT_COMMIT"), ")"),
     about = "Remediation audits from Kubernetes into PostgreSQL + pgvector"
 )]
 struct Cli {
@@ -61,6 +61,29 @@ enum Command {
         namespace: String,
         /// Seconds to wait for the operator's pods to be gone.
         #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
+    /// Before `helm upgrade` (the chart's pre-upgrade hook): server-side apply every CRD in DIR (the chart's
+    /// `crds/`, mounted from a ConfigMap), so that a chart's new CRD schema reaches the cluster: Helm installs
+    /// `crds/` on the first install but never updates them. A CRD that does not exist is an error (the hook may
+    /// patch the release's two CRDs, not create any: install them with `helm install` or `kubectl apply`).
+    ApplyCrds {
+        /// Directory of CRD YAML files (`*.yaml`, one CRD each).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// The chart's `helm test`: checks a running release through its Service: `/readyz` answers 200 (else prints
+    /// why not), `/metrics` exports `datastorage_build_info`, and the query API answers and enforces
+    /// authentication (401 without a token).
+    SmokeTest {
+        /// Base URL of the operations endpoints, e.g. http://datastorage-operator.ns:8081
+        #[arg(long)]
+        metrics_url: String,
+        /// Base URL of the query API, e.g. http://datastorage-operator.ns:8080
+        #[arg(long)]
+        api_url: String,
+        /// Seconds to wait for `/readyz` to answer 200.
+        #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
     },
     /// Embed texts with the operator's embedding code (the Local provider: all-MiniLM-L6-v2 by ONNX Runtime or
@@ -312,10 +335,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("finalizer {FINALIZER} removed from {released} RemediationAudit(s)");
             Ok(ExitCode::SUCCESS)
         }
+        Command::ApplyCrds { dir } => {
+            let client = kube::Client::try_default().await?;
+            for line in apply_crds(client, &dir).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SmokeTest {
+            metrics_url,
+            api_url,
+            timeout_seconds,
+        } => {
+            smoke_test(
+                &metrics_url,
+                &api_url,
+                std::time::Duration::from_secs(timeout_seconds),
+            )
+            .await?;
+            println!(
+                "smoke test passed: {metrics_url}/readyz 200, build info exported, {api_url} requires a token"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Embed(args) => Ok(datastorage::embed::run_cli(&args).await),
         Command::Query { conn, command } => Ok(datastorage::client::run(&conn, &command).await),
         Command::Version => {
-            println!("datastorage {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "datastorage {} ({})",
+                datastorage::metrics::VERSION,
+                datastorage::metrics::GIT_COMMIT
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -411,6 +461,119 @@ async fn release_finalizers(
         }
     }
     Ok(released)
+}
+
+/// See `Command::ApplyCrds`. Returns one line per CRD applied.
+async fn apply_crds(client: kube::Client, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context as _;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no *.yaml in {}", dir.display());
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut done = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+            .with_context(|| format!("{} is not a CustomResourceDefinition", file.display()))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let context = || {
+            format!(
+                "cannot apply CustomResourceDefinition {name} (is it installed? `helm install` installs the \
+                 chart's crds/; with --skip-crds, apply them yourself and set crds.upgrade=false)"
+            )
+        };
+        // Force: the fields Helm's install wrote (manager "helm") change owner; nobody else is meant to own them.
+        let params = PatchParams::apply("datastorage-crd-upgrade").force();
+        // A dry run first: when the schema is the same (the generation would not move), nothing is written. A
+        // write that changes only managedFields still makes the apiserver rebuild the CRD's handler, and requests
+        // for its resources fail for a moment: not on every helm upgrade for nothing.
+        let live = api.get(&name).await.with_context(context)?;
+        let dry = api
+            .patch(&name, &params.clone().dry_run(), &Patch::Apply(&crd))
+            .await
+            .with_context(context)?;
+        if dry.metadata.generation == live.metadata.generation
+            && dry.metadata.labels == live.metadata.labels
+            && dry.metadata.annotations == live.metadata.annotations
+        {
+            done.push(format!(
+                "customresourcedefinition {name} unchanged (generation {})",
+                live.metadata.generation.unwrap_or_default()
+            ));
+            continue;
+        }
+        let applied = api
+            .patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(context)?;
+        let served: Vec<String> = applied
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.clone())
+            .collect();
+        done.push(format!(
+            "customresourcedefinition {name} applied (served {}, generation {})",
+            served.join(","),
+            applied.metadata.generation.unwrap_or_default()
+        ));
+    }
+    Ok(done)
+}
+
+/// See `Command::SmokeTest`.
+async fn smoke_test(
+    metrics_url: &str,
+    api_url: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = match http.get(format!("{metrics_url}/readyz")).send().await {
+            Ok(r) => (Some(r.status()), r.text().await.unwrap_or_default()),
+            Err(e) => (None, e.to_string()),
+        };
+        if status == Some(reqwest::StatusCode::OK) {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "{metrics_url}/readyz not ready after {timeout:?}: {} {}",
+            status.map_or_else(|| "no answer".into(), |s| s.to_string()),
+            body.trim()
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let metrics = http
+        .get(format!("{metrics_url}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    anyhow::ensure!(
+        metrics.contains("datastorage_build_info{"),
+        "{metrics_url}/metrics does not export datastorage_build_info"
+    );
+    let api = http.get(format!("{api_url}/api/v1/audits")).send().await?;
+    anyhow::ensure!(
+        api.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "{api_url}/api/v1/audits without a token answered {} (expected 401)",
+        api.status()
+    );
+    Ok(())
 }
 
 fn init_tracing(format: &str) {

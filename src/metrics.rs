@@ -42,13 +42,10 @@ pub const WRITE_SERIES: [(&str, &str); 5] = [
     ("audit_history", "success"),
     ("audit_embeddings", "success"),
 ];
-/// The version this binary was built from, and the git commit when the build set `DATASTORAGE_GIT_COMMIT`
-/// (`DATASTORAGE_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build --release`; `unknown` otherwise).
+/// The version this binary was built from, and its git commit: set by build.rs (the `DATASTORAGE_GIT_COMMIT`
+/// environment variable of the build when given, else `git rev-parse --short=10 HEAD`, else `unknown`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const GIT_COMMIT: &str = match option_env!("DATASTORAGE_GIT_COMMIT") {
-    Some(c) => c,
-    None => "unknown",
-};
+pub const GIT_COMMIT: &str = env!("DATASTORAGE_GIT_COMMIT");
 
 /// `datastorage_store_ready`: exported only once the operator has seen its DataStorage, so "no DataStorage yet"
 /// (a fresh install) is an absent series and not a 0 that would page as a database failure.

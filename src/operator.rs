@@ -163,6 +163,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         leader_rx.clone(),
     ));
     let ctx = Arc::new(Context::new(client, metrics, rx));
+    ctx.set_datastorage_name(&opts.datastorage);
     if let Some(c) = opts.checkpoint {
         info!(configmap = %format!("{}/{}", c.namespace, c.config_map), key = %c.key.id(), "chain-head checkpoints on");
         ctx.set_checkpoint(c);

@@ -73,7 +73,18 @@ pub struct Context {
     watch_failing_since: Mutex<Option<Instant>>,
     /// Where the signed chain-head checkpoints are kept, when configured (set once at start-up).
     checkpoint: std::sync::OnceLock<Arc<crate::checkpoint::CheckpointConfig>>,
+    /// The DataStorage this replica serves (set once at start-up): `/readyz` names it when it is not Ready.
+    datastorage: std::sync::OnceLock<String>,
+    /// This replica's Pod (in a pod: POD_NAMESPACE/POD_NAME): why it is not ready is published as a Warning Event
+    /// on it, where `kubectl describe pod` and `kubectl get events` show it (the kubelet's own probe event only
+    /// says "statuscode: 503").
+    self_pod: std::sync::OnceLock<k8s_openapi::api::core::v1::ObjectReference>,
+    /// The not-ready reason last published on the pod, and when.
+    not_ready_noted: Mutex<Option<(String, Instant)>>,
 }
+
+/// A not-ready reason that has not changed is published again after this long (an Event expires after an hour).
+pub const NOT_READY_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Unpublishes the audit controller's queue depth when the controller stops (or is aborted).
 pub struct PublishedQueue(Arc<Mutex<Option<QueueDepth>>>);
@@ -96,7 +107,7 @@ impl Context {
             std::env::var("POD_NAME").ok(),
             metrics.events_dropped.clone(),
         );
-        Self {
+        let ctx = Self {
             client,
             metrics,
             events,
@@ -108,12 +119,79 @@ impl Context {
             queue_depth: Arc::new(Mutex::new(None)),
             watch_failing_since: Mutex::new(None),
             checkpoint: std::sync::OnceLock::new(),
+            datastorage: std::sync::OnceLock::new(),
+            self_pod: std::sync::OnceLock::new(),
+            not_ready_noted: Mutex::new(None),
+        };
+        if let (Ok(ns), Ok(name)) = (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+            ctx.set_self_pod(&ns, &name);
         }
+        ctx
     }
 
     /// Where checkpoints are kept, when configured.
     pub fn checkpoint(&self) -> Option<&Arc<crate::checkpoint::CheckpointConfig>> {
         self.checkpoint.get()
+    }
+
+    /// Names this replica's Pod (once; a second call is ignored). Context::new takes it from POD_NAMESPACE and
+    /// POD_NAME when both are set.
+    pub fn set_self_pod(&self, namespace: &str, name: &str) {
+        let _ = self
+            .self_pod
+            .set(k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(namespace.to_string()),
+                name: Some(name.to_string()),
+                ..Default::default()
+            });
+    }
+
+    /// `/readyz` answered not ready for `reason`: a Warning Event `NotReady` on this replica's Pod when the reason
+    /// changed or [`NOT_READY_EVENT_EVERY`] passed (probes run every few seconds; one event per reason, not per
+    /// probe). `None`: ready again, so the next not-ready reason is published at once.
+    pub fn note_readiness(&self, reason: Option<&str>) {
+        let Some(pod) = self.self_pod.get() else {
+            return;
+        };
+        let mut noted = self
+            .not_ready_noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(reason) = reason.map(str::trim) else {
+            *noted = None;
+            return;
+        };
+        // Compared without digits: "failing for 31s", "3 of 10 connections busy" are the same reason a probe later.
+        let key: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let now = Instant::now();
+        if noted
+            .as_ref()
+            .is_some_and(|(k, at)| *k == key && now.duration_since(*at) < NOT_READY_EVENT_EVERY)
+        {
+            return;
+        }
+        *noted = Some((key, now));
+        self.events.emit(
+            pod.clone(),
+            crate::events::Notice {
+                warning: true,
+                reason: "NotReady".into(),
+                action: "CheckReadiness",
+                note: reason.to_string(),
+            },
+        );
+    }
+
+    /// The DataStorage this replica serves, once set.
+    pub fn datastorage_name(&self) -> Option<&str> {
+        self.datastorage.get().map(String::as_str)
+    }
+
+    /// Names the DataStorage this replica serves (once; a second call is ignored).
+    pub fn set_datastorage_name(&self, name: &str) {
+        let _ = self.datastorage.set(name.to_string());
     }
 
     /// Configures checkpoints (once; a second call is ignored).

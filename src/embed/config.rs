@@ -39,7 +39,7 @@ pub async fn build(
                     .unwrap_or_else(|| IMAGE_MODEL_DIR.to_string()),
             );
             let threads = match spec.local.threads {
-                None => None,
+                None => threads_from_cpu_limit(),
                 Some(t @ 1..=64) => usize::try_from(t).ok(),
                 Some(t) => {
                     return Err(EmbedError::Config(format!(
@@ -90,4 +90,39 @@ pub async fn build(
         redis_url,
     };
     Ok(Arc::new(CachedEmbedder::new(inner, cache, metrics).await?))
+}
+
+/// `DATASTORAGE_EMBED_THREADS`: the container's CPU limit, rounded up (the chart sets it with a `resourceFieldRef`
+/// to `limits.cpu`), so a forward pass never runs more threads than the cgroup lets run at once (more would only
+/// be throttled, and would starve the reconciler sharing the limit). Capped at [`MAX_DEFAULT_THREADS`] like the
+/// default; `embedding.local.threads` in the DataStorage overrides it. Unset, empty or invalid: the default
+/// (the available cores, which std derives from the cgroup quota too).
+fn threads_from_cpu_limit() -> Option<usize> {
+    threads_from(&std::env::var("DATASTORAGE_EMBED_THREADS").ok()?)
+}
+
+fn threads_from(raw: &str) -> Option<usize> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Some(n.min(crate::embed::MAX_DEFAULT_THREADS)),
+        _ => {
+            tracing::warn!(value = %raw, "DATASTORAGE_EMBED_THREADS is not a positive integer: ignored");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_from;
+
+    #[test]
+    fn embed_threads_follow_the_cpu_limit_capped_at_the_default_cap() {
+        // What the kubelet writes for limits.cpu with divisor 1: the limit rounded up.
+        assert_eq!(threads_from("1"), Some(1));
+        assert_eq!(threads_from("2\n"), Some(2));
+        assert_eq!(threads_from("16"), Some(crate::embed::MAX_DEFAULT_THREADS));
+        for bad in ["0", "", "1.5", "-1", "many"] {
+            assert_eq!(threads_from(bad), None, "{bad:?}");
+        }
+    }
 }

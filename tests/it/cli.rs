@@ -108,3 +108,30 @@ fn crd_prints_both_crds() {
     assert!(out.contains("name: remediationaudits.datastorage.kubernaut.ai"));
     assert!(out.contains("name: datastorages.datastorage.kubernaut.ai"));
 }
+
+/// build.rs gives the binary its commit (`--version`, `version`, `datastorage_build_info`): the checkout's HEAD,
+/// or the DATASTORAGE_GIT_COMMIT the build was given.
+#[test]
+fn version_reports_the_git_commit() {
+    let expected = match std::env::var("DATASTORAGE_GIT_COMMIT") {
+        Ok(c) if !c.trim().is_empty() => c.trim().to_string(),
+        _ => {
+            let out = Command::new("git")
+                .args(["rev-parse", "--short=10", "HEAD"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .expect("git is needed to check the commit build.rs records (apt-get install git)");
+            assert!(
+                out.status.success(),
+                "git rev-parse failed: not a checkout?"
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        }
+    };
+    let want = format!("datastorage {} ({expected})", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["version"][..]] {
+        let (code, out, err) = datastorage(args);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), want, "datastorage {args:?}");
+    }
+}

@@ -3,6 +3,9 @@
 //! pod is force-deleted and while `helm upgrade` rolls the pods to a second image tag (exactly once each time), the
 //! `kubectl audit` plugin through the apiserver's service proxy with a user's token, and `helm uninstall` (CRDs and
 //! audits stay; the pre-delete hook removes the finalizers, so a namespace holding audits can still be deleted).
+//! The chart as a Kubernetes citizen: `helm install --wait` completes, `helm test` passes, the DataStorage is a
+//! release object (the same uid across upgrades, gone after uninstall: no orphan), the pre-upgrade hook brings a
+//! changed CRD to the cluster, and a `kubectl drain` of the node with 1 replica is not blocked by the PDB.
 //!
 //! `#[ignore]`d: hack/test.sh's cluster step brings the node, the image and PostgreSQL up and runs
 //! `cargo test --test it cluster:: -- --ignored --nocapture`. It exports
@@ -221,13 +224,15 @@ async fn ensure_namespace(client: &Client, name: &str) {
 
 /// The NetworkPolicy's shape (the node's bridge CNI does not enforce NetworkPolicies, so only the object is
 /// checked): it selects exactly the operator's pods, admits ingress to the api, metrics and admission-webhook ports
-/// only (the webhook's from anywhere: the API server is not a pod), and allows
-/// egress to the listed TCP ports and DNS over UDP.
+/// only (the webhook's from anywhere: the API server is not a pod), and allows egress to the derived TCP ports
+/// (tests/it/chart.rs varies them) and DNS over UDP.
 #[test]
 fn network_policy_shape() {
     let docs = documents(&template(&[
         "--set",
         "networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=sre",
+        "--set",
+        "networkPolicy.apiServerFrom[0].ipBlock.cidr=10.244.0.1/32",
     ]));
     let np = of_kind(&docs, "NetworkPolicy");
     assert_eq!(np.len(), 1);
@@ -262,7 +267,7 @@ fn network_policy_shape() {
         .filter(|p| p["protocol"] == "TCP")
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
-    assert_eq!(tcp, [53, 443, 5432, 6379, 6443]);
+    assert_eq!(tcp, [53, 443, 6443, 5432]);
     assert!(
         egress
             .iter()
@@ -295,7 +300,37 @@ fn uninstall_hook_shape() {
         "--deployment=ds-datastorage-operator"
     );
     let off = documents(&template(&["--set", "uninstallHook.enabled=false"]));
-    assert!(of_kind(&off, "Job").is_empty());
+    assert!(
+        of_kind(&off, "Job")
+            .iter()
+            .all(|j| j["metadata"]["annotations"]["helm.sh/hook"] != "pre-delete")
+    );
+}
+
+/// The DataStorage's uid (empty when it does not exist).
+fn dstore_uid() -> String {
+    let out = run_raw(
+        &kubebin("kubectl"),
+        &["get", "dstore", "default", "-o", "jsonpath={.metadata.uid}"],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A copy of the chart whose DataStorage CRD has one more field (what a new chart version with a CRD change is).
+fn chart_with_changed_crd(dir: &std::path::Path) -> String {
+    let copy = dir.join("datastorage-operator");
+    let chart = crate::support::chart::chart_dir();
+    let cp = Command::new("cp")
+        .args(["-r", chart.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let file = copy.join("crds/datastorages.datastorage.kubernaut.ai.yaml");
+    let mut crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeProbe"] =
+        json!({"type": "string", "description": "added by tests/it/cluster.rs"});
+    std::fs::write(&file, crd.to_string()).unwrap();
+    copy.to_str().unwrap().to_string()
 }
 
 fn summary(start: Instant, line: String) {
@@ -306,6 +341,8 @@ fn summary(start: Instant, line: String) {
 #[ignore = "cluster suite: needs the real node that hack/test.sh brings up (make test)"]
 async fn helm_on_a_real_node() {
     let test_start = Instant::now();
+    // The SUMMARY lines must start a line (hack/test.sh greps them): end the test harness's "test … " line first.
+    println!();
     let image = env("DATASTORAGE_NODE_IMAGE");
     let image2 = env("DATASTORAGE_NODE_IMAGE_UPGRADE");
     let (repo, tag) = image_parts(&image);
@@ -321,7 +358,8 @@ async fn helm_on_a_real_node() {
     let chart = crate::support::chart::chart_dir();
     let chart = chart.to_str().unwrap();
 
-    // 1. helm install -> 3 pods Ready, one Lease holder that is a pod, DataStorage Ready.
+    // 1. helm install --wait -> 3 pods Ready (so DataStorage Ready: it is a plain release object now, created with
+    //    the Deployment), one Lease holder that is a pod; helm test passes.
     let t = Instant::now();
     helm(&[
         "install",
@@ -342,9 +380,11 @@ async fn helm_on_a_real_node() {
         "dataStorage.create=true",
         "--set",
         "dataStorage.tlsMode=disable",
-        // No --wait: the pods are Ready only once the DataStorage exists, and the chart creates it in a
-        // post-install hook, which Helm runs after the wait.
+        "--wait",
+        "--timeout",
+        "5m",
     ]);
+    let helm_wait = t.elapsed();
     let holder = wait_ready(&client, 3, Some(&image), Duration::from_secs(300)).await;
     crate::support::kube::eventually(Duration::from_secs(120), "DataStorage Ready", || async {
         let phase = run_raw(
@@ -355,6 +395,23 @@ async fn helm_on_a_real_node() {
     })
     .await;
     let install_ready = t.elapsed();
+    let ds_uid = dstore_uid();
+    assert!(!ds_uid.is_empty());
+    assert!(
+        helm(&["get", "manifest", RELEASE, "-n", NS]).contains("kind: DataStorage"),
+        "the DataStorage is in the release's manifest"
+    );
+    let t_test = Instant::now();
+    // (No --logs: the pod is deleted once it succeeds, hook-succeeded, so that no test pod outlives the release.)
+    let tested = helm(&["test", RELEASE, "-n", NS, "--timeout", "2m"]);
+    assert!(
+        tested.contains(&format!("{RELEASE}-smoke-test"))
+            && tested
+                .lines()
+                .any(|l| l.trim_start().starts_with("Phase:") && l.contains("Succeeded")),
+        "helm test: {tested}"
+    );
+    let helm_test = t_test.elapsed();
     let pods: Vec<String> = ready_pods(&client)
         .await
         .iter()
@@ -382,10 +439,12 @@ async fn helm_on_a_real_node() {
     summary(
         test_start,
         format!(
-            "SUMMARY | helm install, 3 replicas | pods Ready + DataStorage Ready {:.1}s after `helm install`; Lease \
-             holder {holder} is one of the pods and the only one with datastorage_leader 1; RSS at rest {} \
-             (requests 256Mi, limit 1Gi) |",
+            "SUMMARY | helm install --wait, 3 replicas | `helm install --wait` returned after {:.1}s, pods Ready + \
+             DataStorage Ready {:.1}s after it began; `helm test` passed in {:.1}s; Lease holder {holder} is one of \
+             the pods and the only one with datastorage_leader 1; RSS at rest {} (requests 256Mi, limit 1Gi) |",
+            helm_wait.as_secs_f64(),
             install_ready.as_secs_f64(),
+            helm_test.as_secs_f64(),
             rest.values()
                 .map(|k| mib(*k))
                 .collect::<Vec<_>>()
@@ -485,7 +544,10 @@ async fn helm_on_a_real_node() {
         "new leader after {failover:?}, more than twice the Lease time"
     );
 
-    // 3. helm upgrade to a second image tag (a rolling update under the PDB) while upgrade_n audits stream in.
+    // 3. helm upgrade to a second image tag (a rolling update under the PDB) while upgrade_n audits stream in, with a
+    //    chart whose DataStorage CRD has one more field: the pre-upgrade hook applies it; the DataStorage keeps its uid.
+    let upgraded = tempfile::tempdir().unwrap();
+    let chart2 = chart_with_changed_crd(upgraded.path());
     let t = Instant::now();
     let from = total;
     total += upgrade_n;
@@ -497,7 +559,7 @@ async fn helm_on_a_real_node() {
     helm(&[
         "upgrade",
         RELEASE,
-        chart,
+        &chart2,
         "-n",
         NS,
         "--reuse-values",
@@ -509,6 +571,22 @@ async fn helm_on_a_real_node() {
     ]);
     let leader2 = wait_ready(&client, 3, Some(&image2), Duration::from_secs(300)).await;
     let rollout = t_roll.elapsed();
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "crd",
+            "datastorages.datastorage.kubernaut.ai",
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.upgradeProbe.type}",
+        ]),
+        "string",
+        "the pre-upgrade hook did not apply the chart's changed CRD"
+    );
+    assert_eq!(
+        dstore_uid(),
+        ds_uid,
+        "helm upgrade recreated the DataStorage"
+    );
     task.await.unwrap();
     wait_all_persisted(&client, AUDITS_NS, total, Duration::from_secs(600)).await;
     let v = verify_exactly_once(&client, &store, AUDITS_NS, total).await;
@@ -524,9 +602,10 @@ async fn helm_on_a_real_node() {
     summary(
         t,
         format!(
-            "SUMMARY | helm upgrade to a second image tag (rolling, PDB minAvailable {pdb}) while {upgrade_n} audits \
-             streamed | exactly once: {} rows, {} history rows, {} chain links checked; all 3 pods on the new tag \
-             {:.1}s after `helm upgrade`, leader {leader2}; {} retried requests |",
+            "SUMMARY | helm upgrade to a second image tag and a changed CRD (rolling, PDB minAvailable {pdb}) while \
+             {upgrade_n} audits streamed | exactly once: {} rows, {} history rows, {} chain links checked; all 3 pods \
+             on the new tag {:.1}s after `helm upgrade`, leader {leader2}; the pre-upgrade hook applied the new CRD \
+             field; DataStorage uid unchanged; {} retried requests |",
             v.rows,
             v.history_rows,
             v.chain_links_checked,
@@ -535,7 +614,9 @@ async fn helm_on_a_real_node() {
         ),
     );
 
-    // 4. kubectl audit list|search|verify through the service proxy, as a user who may read AUDITS_NS only.
+    // 4. kubectl audit list|search|verify through the service proxy, as a user who may read AUDITS_NS only: with
+    //    the built-in `view` role there (the chart's reader ClusterRole is aggregated into it) and the chart's
+    //    api-proxy Role (services/proxy on the operator's Service, bound to every authenticated user), nothing else.
     ensure_namespace(&client, OTHER_NS).await;
     // Indices after the stream's, so the remediationRequestIds stay unique.
     let (_, task) = spawn_stream(&client, OTHER_NS, total, total + 3, 3);
@@ -546,40 +627,58 @@ async fn helm_on_a_real_node() {
         "-n",
         AUDITS_NS,
         "create",
-        "role",
-        "audit-reader",
-        "--verb=get,list",
-        "--resource=remediationaudits.datastorage.kubernaut.ai",
-    ]);
-    kubectl(&[
-        "-n",
-        AUDITS_NS,
-        "create",
         "rolebinding",
         "cluster-reader",
-        "--role=audit-reader",
+        "--clusterrole=view",
         &format!("--serviceaccount={NS}:cluster-reader"),
     ]);
-    kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "role",
-        "api-proxy",
-        "--verb=get,create",
-        "--resource=services/proxy",
-        &format!("--resource-name={RELEASE}"),
-        &format!("--resource-name={RELEASE}:8080"),
-    ]);
-    kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "rolebinding",
-        "cluster-reader-proxy",
-        "--role=api-proxy",
-        &format!("--serviceaccount={NS}:cluster-reader"),
-    ]);
+    let reader = format!("system:serviceaccount:{NS}:cluster-reader");
+    let can_i = |args: &[&str]| {
+        let mut full = vec!["auth", "can-i", "--as", reader.as_str()];
+        full.extend_from_slice(args);
+        let out = run_raw(&kubebin("kubectl"), &full);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    // The clusterrole-aggregation controller adds the chart's rules to `view` shortly after the install.
+    crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "view aggregates the chart's reader role",
+        || async {
+            can_i(&[
+                "list",
+                "remediationaudits.datastorage.kubernaut.ai",
+                "-n",
+                AUDITS_NS,
+            ])
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        can_i(&[
+            "get",
+            &format!("services/{RELEASE}:8080"),
+            "--subresource=proxy",
+            "-n",
+            NS
+        ]) && !can_i(&[
+            "get",
+            "services/kubernetes",
+            "--subresource=proxy",
+            "-n",
+            "default"
+        ]),
+        "the chart's api-proxy Role grants services/proxy on the operator's Service, and on no other"
+    );
+    assert!(
+        !can_i(&[
+            "list",
+            "remediationaudits.datastorage.kubernaut.ai",
+            "-n",
+            OTHER_NS
+        ]),
+        "the reader may list audits only where it may view"
+    );
     let token = kubectl(&["-n", NS, "create", "token", "cluster-reader"]);
     let admin: Value = serde_json::from_str(&kubectl(&[
         "config", "view", "--minify", "--raw", "-o", "json",
@@ -661,11 +760,130 @@ async fn helm_on_a_real_node() {
         "kubectl audit list/search/verify through the service proxy as {NS}:cluster-reader: RBAC scoped"
     );
 
-    // 5. helm uninstall: the pre-delete hook scales the operator down and removes the finalizers; CRDs and audits
-    //    stay; a namespace holding audits can be deleted.
+    // 5. One replica: a drain of the node is not blocked by the PDB (minAvailable replicaCount - 1 = 0); the pod
+    //    comes back once the node is uncordoned.
+    let t = Instant::now();
+    helm(&[
+        "upgrade",
+        RELEASE,
+        &chart2,
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set",
+        "replicaCount=1",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    wait_ready(&client, 1, Some(&image2), Duration::from_secs(120)).await;
+    let pdb = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pdb",
+        RELEASE,
+        "-o",
+        "jsonpath={.spec.minAvailable} {.spec.unhealthyPodEvictionPolicy}",
+    ]);
+    assert_eq!(pdb, "0 AlwaysAllow");
+    assert_eq!(
+        dstore_uid(),
+        ds_uid,
+        "helm upgrade recreated the DataStorage"
+    );
+    let node = kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let t_drain = Instant::now();
+    let drained = run_raw(
+        &kubebin("kubectl"),
+        &[
+            "drain",
+            &node,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=120s",
+        ],
+    );
+    let drain_time = t_drain.elapsed();
+    // Uncordon before asserting: the node must not stay cordoned for what follows.
+    kubectl(&["uncordon", &node]);
+    assert!(
+        drained.status.success(),
+        "kubectl drain with 1 replica was blocked: {}{}",
+        String::from_utf8_lossy(&drained.stdout),
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&drained.stdout).contains("evicted"),
+        "the operator pod was evicted: {}",
+        String::from_utf8_lossy(&drained.stdout)
+    );
+    wait_ready(&client, 1, Some(&image2), Duration::from_secs(180)).await;
+    summary(
+        t,
+        format!(
+            "SUMMARY | kubectl drain with 1 replica | PDB minAvailable 0 (replicaCount - 1), AlwaysAllow; the drain \
+             evicted the operator pod in {:.1}s, not blocked; Ready again after uncordon |",
+            drain_time.as_secs_f64()
+        ),
+    );
+
+    // 6. helm uninstall: the pre-delete hook scales the operator down and removes the finalizers; CRDs and audits
+    //    stay; a namespace holding audits can be deleted; the DataStorage and every other release object are gone.
     let t = Instant::now();
     helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "5m"]);
     assert!(operator_pods(&client).await.is_empty());
+    let ds_left = run_raw(&kubebin("kubectl"), &["get", "dstore", "default"]);
+    assert!(
+        !ds_left.status.success(),
+        "the DataStorage survived helm uninstall (an orphan)"
+    );
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let release_objects = || -> Vec<String> {
+        [
+        kubectl(&[
+            "-n",
+            NS,
+            "get",
+            "all,configmaps,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,jobs",
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ]),
+        kubectl(&[
+            "get",
+            "clusterroles,clusterrolebindings,datastorages",
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ]),
+        ]
+        .concat()
+        .lines()
+        .map(str::to_string)
+        .collect()
+    };
+    // The hook Job's pod goes by garbage collection, shortly after its Job.
+    let t_gc = Instant::now();
+    let deadline = t_gc + Duration::from_secs(60);
+    let mut left = release_objects();
+    while left.len() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        left = release_objects();
+    }
+    println!(
+        "release objects after helm uninstall settled in {:.1}s: {left:?}",
+        t_gc.elapsed().as_secs_f64()
+    );
+    // The checkpoint HMAC key is kept on purpose (helm.sh/resource-policy: keep): without it the signed checkpoints
+    // could not be verified again.
+    assert_eq!(
+        left,
+        [format!("secret/{RELEASE}-checkpoint")],
+        "release objects left after helm uninstall"
+    );
     kubectl(&["get", "crd", "remediationaudits.datastorage.kubernaut.ai"]);
     assert_eq!(
         persisted_crs(&client, AUDITS_NS).await,
@@ -690,7 +908,8 @@ async fn helm_on_a_real_node() {
         t,
         format!(
             "SUMMARY | helm uninstall | the pre-delete hook scaled the operator to 0 and released the finalizers; \
-             CRDs, {} audits and their rows kept; namespace {OTHER_NS} holding audits deleted |",
+             CRDs, {} audits and their rows kept; the DataStorage and every release object gone (the checkpoint key \
+             Secret kept on purpose); namespace {OTHER_NS} holding audits deleted |",
             total + 3
         ),
     );

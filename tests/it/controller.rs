@@ -558,3 +558,106 @@ async fn deleting_the_datastorage_stops_writes_until_it_is_back() {
     kubectl(&["apply", "-f", "-"], Some(&recreated));
     env.wait_state("during", "Persisted", WAIT).await;
 }
+
+/// `/readyz` says why a replica is not ready: the DataStorage it serves does not exist (a default `helm install`,
+/// which creates none), or which condition fails; and it is 200 once the store is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_missing_or_failing_datastorage() {
+    let mut env = TestEnv::with(
+        "readyz",
+        EnvOptions {
+            start_operator: false,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let missing = format!("{}-missing", env.ns);
+    let lonely = datastorage::operator::start(
+        env.client.clone(),
+        datastorage::operator::Options {
+            datastorage: missing.clone(),
+            namespace: Some(env.ns.clone()),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            model_dir: None,
+            leader_election: None,
+            checkpoint: None,
+            admission: None,
+            api_limits: datastorage::http::Limits::API,
+            ops_limits: datastorage::http::Limits::OPS,
+        },
+    )
+    .await
+    .unwrap();
+    let readyz = |addr: std::net::SocketAddr| async move {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // As if it ran in a pod: the reason is published as a Warning Event on it (once, not once per probe).
+    lonely.context.set_self_pod(&env.ns, "readyz-pod");
+    for _ in 0..3 {
+        let (code, body) = readyz(lonely.ops_addr).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains(&format!("DataStorage {missing:?} does not exist"))
+                && body.contains("dataStorage.create=true"),
+            "{body}"
+        );
+    }
+    let events = eventually(WAIT, "a NotReady Warning Event on the pod", || async {
+        let list: serde_json::Value = serde_json::from_str(&kubectl(
+            &["-n", &env.ns, "get", "events.events.k8s.io", "-o", "json"],
+            None,
+        ))
+        .ok()?;
+        let on_pod: Vec<serde_json::Value> = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["regarding"]["name"] == "readyz-pod" && e["reason"] == "NotReady")
+            .cloned()
+            .collect();
+        (!on_pod.is_empty()).then_some(on_pod)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["regarding"]["kind"], "Pod");
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{events:?}"
+    );
+    assert!(
+        events[0]["series"].is_null(),
+        "three probes, one reason: one event, no series: {events:?}"
+    );
+    lonely.task.abort();
+
+    // A DataStorage whose Secret is missing: the reason names the phase and the Ready condition's message.
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"nope"}}}}"#,
+    );
+    env.start_operator().await;
+    let ops = env.operator.as_ref().unwrap().ops_addr;
+    let body = eventually(WAIT, "/readyz naming the failing condition", || async {
+        let (code, body) = readyz(ops).await;
+        (code == 503 && body.contains("phase Failed")).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains(&format!("DataStorage {:?} is not Ready", env.ns))
+            && body.contains("DatabaseReachable: SecretNotFound"),
+        "{body}"
+    );
+    patch_dstore(
+        &env.ns,
+        r#"{"spec":{"database":{"urlSecretRef":{"name":"db"}}}}"#,
+    );
+    eventually(WAIT, "/readyz 200 once Ready", || async {
+        (readyz(ops).await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -13,9 +13,9 @@ fn checked_in_crds_match_the_rust_types() {
             checked_in == generated,
             "{path} differs from what `datastorage crd` prints: run `make crds` and commit the result"
         );
-        // The Helm chart ships byte-copies (rendered from templates/crds.yaml so upgrades update them).
+        // The Helm chart ships byte-copies in its crds/ (installed by `helm install`, applied by the pre-upgrade hook).
         let chart_path = format!(
-            "{}/charts/datastorage-operator/files/crds/{file}",
+            "{}/charts/datastorage-operator/crds/{file}",
             env!("CARGO_MANIFEST_DIR")
         );
         let chart_copy = std::fs::read_to_string(&chart_path)
@@ -26,7 +26,7 @@ fn checked_in_crds_match_the_rust_types() {
         );
     }
     let chart_files = std::fs::read_dir(format!(
-        "{}/charts/datastorage-operator/files/crds",
+        "{}/charts/datastorage-operator/crds",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

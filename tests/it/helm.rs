@@ -155,12 +155,10 @@ fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
     assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 3);
     assert_eq!(of_kind(&docs, "PodDisruptionBudget").len(), 1);
     assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 1);
-    assert_eq!(of_kind(&docs, "CustomResourceDefinition").len(), 2);
-    let none = documents(&crate::support::chart::template(&[
-        "--set",
-        "crds.install=false",
-    ]));
-    assert!(of_kind(&none, "CustomResourceDefinition").is_empty());
+    // The CRDs are the chart's crds/ (created by `helm install` before any template), not templates.
+    assert!(of_kind(&docs, "CustomResourceDefinition").is_empty());
+    let with = documents(&crate::support::chart::template(&["--include-crds"]));
+    assert_eq!(of_kind(&with, "CustomResourceDefinition").len(), 2);
 }
 
 #[test]
@@ -180,6 +178,8 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
     );
     let ns = format!("helm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     kubectl(&["create", "namespace", &ns], None);
+    // No controller-manager here makes a namespace's `default` ServiceAccount, which the `helm test` pod runs as.
+    kubectl(&["-n", &ns, "create", "serviceaccount", "default"], None);
     let chart = chart_dir();
     let values = format!(
         "dataStorage.create=true,database.url=postgres://u:p@db.{ns}:5432/audit,operator.dataStorageName={ns}"
@@ -319,7 +319,10 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
         );
     }
 
-    // Upgrade with a chart whose DataStorage CRD has one more field: the apiserver's CRD gets it.
+    // Upgrade with a chart whose DataStorage CRD has one more field: the apiserver's CRD gets it through the
+    // pre-upgrade hook. There is no kubelet here to run the hook's Job, so the hook's own ServiceAccount and RBAC are
+    // created from the rendered hook and `datastorage apply-crds` runs here with that ServiceAccount's token only
+    // (tests/it/cluster.rs runs the real hook on a node); `helm upgrade --no-hooks` does the rest.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("datastorage-operator");
     let cp = std::process::Command::new("cp")
@@ -327,21 +330,144 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
         .status()
         .unwrap();
     assert!(cp.success());
-    let crd_file = copy.join("files/crds/datastorages.datastorage.kubernaut.ai.yaml");
+    let crd_file = copy.join("crds/datastorages.datastorage.kubernaut.ai.yaml");
     let mut crd: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeProbe"] =
         serde_json::json!({"type": "string", "description": "added by tests/helm.rs"});
     std::fs::write(&crd_file, crd.to_string()).unwrap();
-    helm(&[
-        "upgrade",
+    let hook = documents(&helm(&[
+        "template",
         "ds",
         copy.to_str().unwrap(),
         "-n",
         &ns,
         "--set",
         &values,
+        "--show-only",
+        "templates/crd-upgrade-hook.yaml",
+    ]));
+    let job = of_kind(&hook, "Job")[0];
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["apply-crds", "--dir=/crds"])
+    );
+    let cm = of_kind(&hook, "ConfigMap")[0];
+    assert!(
+        cm["data"]["datastorages.datastorage.kubernaut.ai.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("upgradeProbe"),
+        "the hook's ConfigMap carries the chart's crds/"
+    );
+    let rbac_only: Vec<String> = hook
+        .iter()
+        .filter(|d| d["kind"] != "Job" && d["kind"] != "ConfigMap")
+        .map(|d| d.to_string())
+        .collect();
+    kubectl(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&rbac_only.join("\n---\n")),
+    );
+    let hook_sa = format!("system:serviceaccount:{ns}:ds-datastorage-operator-crds");
+    for (verb, crd_name, allowed) in [
+        ("patch", "datastorages.datastorage.kubernaut.ai", true),
+        ("patch", "remediationaudits.datastorage.kubernaut.ai", true),
+        ("patch", "servicemonitors.monitoring.coreos.com", false),
+        ("delete", "datastorages.datastorage.kubernaut.ai", false),
+    ] {
+        assert_eq!(
+            can_i(
+                &hook_sa,
+                verb,
+                &format!("customresourcedefinitions.apiextensions.k8s.io/{crd_name}"),
+                &[]
+            ),
+            allowed,
+            "the CRD hook may {verb} {crd_name}: expected {allowed}"
+        );
+    }
+    assert!(!can_i(
+        &hook_sa,
+        "create",
+        "customresourcedefinitions.apiextensions.k8s.io",
+        &[]
+    ));
+    let hook_token = kubectl(
+        &["-n", &ns, "create", "token", "ds-datastorage-operator-crds"],
+        None,
+    );
+    let admin: Value = serde_json::from_str(&kubectl(
+        &["config", "view", "--minify", "--raw", "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    let hook_kc = tmp.path().join("hook.kubeconfig");
+    std::fs::write(
+        &hook_kc,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "cp", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": "hook", "user": {"token": hook_token.trim()}}],
+            "contexts": [{"name": "cp", "context": {"cluster": "cp", "user": "hook"}}],
+            "current-context": "cp",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let applied = std::process::Command::new(env!("CARGO_BIN_EXE_datastorage"))
+        .args(["apply-crds", "--dir", copy.join("crds").to_str().unwrap()])
+        .env("KUBECONFIG", &hook_kc)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "datastorage apply-crds as the hook's ServiceAccount: {}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // The changed CRD is applied; the unchanged one is not written at all (no handler rebuild for nothing).
+    let report = String::from_utf8_lossy(&applied.stdout).to_string();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per CRD: {report}");
+    assert!(
+        lines[0]
+            .starts_with("customresourcedefinition datastorages.datastorage.kubernaut.ai applied"),
+        "{report}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "customresourcedefinition remediationaudits.datastorage.kubernaut.ai unchanged"
+        ),
+        "{report}"
+    );
+    let uid_before = kubectl(
+        &["get", "datastorage", &ns, "-o", "jsonpath={.metadata.uid}"],
+        None,
+    );
+    helm(&[
+        "upgrade",
+        "ds",
+        copy.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--no-hooks",
+        "--set",
+        &values,
     ]);
+    let uid_after = kubectl(
+        &["get", "datastorage", &ns, "-o", "jsonpath={.metadata.uid}"],
+        None,
+    );
+    assert_eq!(
+        uid_before, uid_after,
+        "helm upgrade recreated the DataStorage"
+    );
+    let manifest = helm(&["get", "manifest", "ds", "-n", &ns]);
+    assert!(
+        manifest.contains("kind: DataStorage"),
+        "the DataStorage is a release object"
+    );
     let field = kubectl(
         &[
             "get",
@@ -379,12 +505,24 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
         &["get", "crd", "datastorages.datastorage.kubernaut.ai"],
         None,
     );
+    let gone = kubectl_raw(&["get", "datastorage", &ns], None);
+    assert!(
+        !gone.status.success(),
+        "the DataStorage survived helm uninstall (an orphan)"
+    );
 
-    // Leave the shared control plane as the other suites expect it.
-    for file in std::fs::read_dir(repo_path("crds")).unwrap() {
-        let path = file.unwrap().path();
-        kubectl(&["replace", "-f", path.to_str().unwrap()], None);
-    }
+    // Leave the shared control plane as the other suites expect it (only the CRD this test changed: replacing the
+    // other would make its resources unavailable for a moment to the suites running in parallel).
+    kubectl(
+        &[
+            "replace",
+            "-f",
+            repo_path("crds/datastorages.datastorage.kubernaut.ai.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+        None,
+    );
     let _ = kubectl_raw(&["delete", "datastorage", &ns, "--wait=false"], None);
     let _ = kubectl_raw(&["delete", "namespace", &ns, "--wait=false"], None);
 }

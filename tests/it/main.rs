@@ -15,6 +15,7 @@ mod alerts;
 mod api;
 mod bad_inputs;
 mod chain;
+mod chart;
 mod chart_identity;
 mod cli;
 mod cluster;

@@ -55,3 +55,12 @@ app.kubernetes.io/component: operator
 {{- define "datastorage.monitoringApi" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
 {{- end }}
+
+{{/* The operator image: by digest when image.digest is set (immutable; the tag, if any, is then informational). */}}
+{{- define "datastorage.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest | quote }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) | quote }}
+{{- end }}
+{{- end }}
