@@ -118,14 +118,17 @@ pub fn limited(router: Router, limits: Limits) -> Router {
         ))
 }
 
-/// An error answer that is not problem JSON yet (axum's 405, tower-http's 413 and timeouts) made one.
+/// An error answer of the layers (axum's 405 and tower-http's timeouts, both without a body, and tower-http's
+/// text/plain 413) made problem JSON. A handler's own error answer keeps its body: `/readyz`'s 503 says why the
+/// replica is not ready (replacing it with "not answered in time" hid the reason; seen in
+/// `controller::readyz_names_a_missing_or_failing_datastorage`).
 fn as_problem(resp: Response) -> Response {
     let status = resp.status();
-    let is_problem = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == crate::api::problem::CONTENT_TYPE.as_bytes());
-    if status.as_u16() < 400 || is_problem {
+    let content_type = resp.headers().get(header::CONTENT_TYPE);
+    let is_problem =
+        content_type.is_some_and(|v| v.as_bytes() == crate::api::problem::CONTENT_TYPE.as_bytes());
+    let from_a_layer = content_type.is_none() || status == StatusCode::PAYLOAD_TOO_LARGE;
+    if status.as_u16() < 400 || is_problem || !from_a_layer {
         return resp;
     }
     let mut answer = Problem::from_status(status).into_response();
