@@ -117,7 +117,8 @@ DATASTORAGE_DEMO_DIR="$demo_dir" DEMO_IMAGE_PROFILE=debug hack/demo.sh up > "$ru
   cat "$run_dir/demo.log"; echo "make demo failed"; exit 1; }
 demo_ok=1
 grep -q "Persisted" "$run_dir/demo.log" || demo_ok=0
-grep -q "is invalid: spec.actionType: Invalid value" "$run_dir/demo.log" || demo_ok=0
+# Refused at apply time: by the admission webhook (it runs first on the node) or by the CRD's CEL rule.
+grep -qE '"bad-action-type" is invalid: .*spec\.actionType' "$run_dir/demo.log" || demo_ok=0
 grep -q "REDACTED:password_kv" "$run_dir/demo.log" || demo_ok=0
 grep -q "api-oomkilled-restart" <(sed -n '/Semantic search/,$p' "$run_dir/demo.log") || demo_ok=0
 DATASTORAGE_DEMO_DIR="$demo_dir" hack/demo.sh down > "$run_dir/demo-down.log" 2>&1 || { cat "$run_dir/demo-down.log"; demo_ok=0; }
