@@ -36,7 +36,9 @@ async fn the_operator_works_with_the_charts_service_account_only() {
     );
     helm(&[
         "install",
-        "ds",
+        // Its own release name: helm::chart_installs… installs `ds` at the same time, and the cluster-scoped objects
+        // (ClusterRoles, the webhook configuration) are named after the release.
+        "dsid",
         chart_dir().to_str().unwrap(),
         "-n",
         &ns,
@@ -45,7 +47,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
         &values,
     ]);
     let token = kubectl(
-        &["-n", &ns, "create", "token", "ds-datastorage-operator"],
+        &["-n", &ns, "create", "token", "dsid-datastorage-operator"],
         None,
     )
     .trim()
@@ -71,7 +73,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
             model_dir: None,
             leader_election: Some(LeaderElection {
                 namespace: ns.clone(),
-                lease_name: "ds-datastorage-operator-leader".into(),
+                lease_name: "dsid-datastorage-operator-leader".into(),
                 identity: "chart-identity-test".into(),
                 duration_seconds: 10,
             }),
@@ -168,7 +170,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
 
     running.task.abort();
     // --no-hooks: the pre-delete hook is a Job, and this control plane has no kubelet to run it.
-    helm(&["uninstall", "ds", "-n", &ns, "--no-hooks"]);
+    helm(&["uninstall", "dsid", "-n", &ns, "--no-hooks"]);
     let _ = kubectl_raw(&["delete", "datastorage", &ns, "--wait=false"], None);
 }
 
