@@ -37,7 +37,7 @@ const LEASE: &str = "datastorage-operator-leader";
 /// The operator's default `--lease-seconds` (the chart does not change it).
 const LEASE_SECONDS: u64 = 15;
 const AUDITS_NS: &str = "cluster-audits";
-/// The one audit applied with secrets in it (phase 1b).
+/// The audit applied with secrets in it (phase 5b).
 const ADMISSION_NS: &str = "cluster-admission";
 const OTHER_NS: &str = "cluster-other";
 
@@ -454,100 +454,6 @@ async fn helm_on_a_real_node() {
         ),
     );
 
-    // 1b. Secrets stopped at admission on the real node: the API server calls the chart's webhook through its
-    // Service (self-managed CA), so the object is stored redacted at generation 1 (the controller's own in-place
-    // redaction would make a generation 2), and its status says so.
-    let t = Instant::now();
-    ensure_namespace(&client, ADMISSION_NS).await;
-    let (password, jwt, slack) = (
-        "Sup3rS3cret!",
-        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpkZWZhdWx0In0.Xq3bLxvK9mN2pQ7rS5tU8wY1zA4cE6gH0jJ2kL3nM5o",
-        "xoxb-2048392012-1029384756102-Zq8WnV3xKp5RtY7uB2cD9eFg",
-    );
-    let attempt = std::sync::atomic::AtomicUsize::new(0);
-    let (name, applied) = crate::support::kube::eventually(
-        Duration::from_secs(60),
-        "the webhook to answer through its Service (caBundle set by the operator)",
-        || async {
-            // A new object per attempt: one admitted while the webhook did not answer yet (failurePolicy Ignore)
-            // is redacted by the controller in place instead, at generation 2, which is not what this checks.
-            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let name = format!("leaky-{n}");
-            let leaky = crate::support::kube::audit_yaml(
-                &name,
-                &format!("rr-node-leaky-{n}"),
-                &format!(
-                    "  errorMessage: \"image pull failed: password={password} token {jwt}\"\n  details:\n    notify: \"slack {slack}\"\n"
-                ),
-            );
-            let file = tempfile::NamedTempFile::new().unwrap();
-            std::fs::write(file.path(), leaky).unwrap();
-            let path = file.path().to_str().unwrap().to_string();
-            let out = run_raw(&kubebin("kubectl"), &["-n", ADMISSION_NS, "apply", "-f", &path]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let obj: Value =
-                serde_json::from_str(&kubectl(&["-n", ADMISSION_NS, "get", "raudit", &name, "-o", "json"]))
-                    .unwrap();
-            // The webhook's mark; without it the object was admitted while no replica answered yet (seen right
-            // after `helm install --wait`, before the replicas set the caBundle): the controller then redacts it.
-            if obj["metadata"]["annotations"][datastorage::admission::REDACTED_ANNOTATION].is_null() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return None;
-            }
-            Some((name, obj))
-        },
-    )
-    .await;
-    let answered_after = t.elapsed();
-    let yaml = kubectl(&["-n", ADMISSION_NS, "get", "raudit", &name, "-o", "yaml"]);
-    for secret in [password, jwt, slack] {
-        assert!(
-            !yaml.contains(secret),
-            "the stored object holds {secret:.12}…:\n{yaml}"
-        );
-    }
-    assert_eq!(
-        applied["metadata"]["generation"], 1,
-        "redacted before it was stored: {applied}"
-    );
-    let note = applied["metadata"]["annotations"][datastorage::admission::REDACTED_ANNOTATION]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    for kind in ["jwt", "password_kv", "slack_token"] {
-        assert!(note.contains(&format!("{kind}=")), "{note}");
-    }
-    let message = crate::support::kube::eventually(
-        Duration::from_secs(60),
-        "the leaky audit Persisted",
-        || async {
-            let out = kubectl(&[
-                "-n",
-                ADMISSION_NS,
-                "get",
-                "raudit",
-                &name,
-                "-o",
-                "jsonpath={.status.state} {.status.message}",
-            ]);
-            out.starts_with("Persisted").then_some(out)
-        },
-    )
-    .await;
-    assert!(message.contains("redacted at admission: "), "{message}");
-    summary(
-        t,
-        format!(
-            "SUMMARY | secrets stopped at admission on the node | a password, a JWT and a Slack token applied with \
-             kubectl: the object is stored redacted at generation 1 (annotation {note}), `kubectl get -o yaml` holds \
-             none of them, status \"{}\"; the webhook answered {:.1}s after `helm install --wait` returned (attempt \
-             {}; earlier ones were admitted unredacted under failurePolicy Ignore and redacted by the controller) |",
-            message.trim(),
-            answered_after.as_secs_f64(),
-            attempt.load(std::sync::atomic::Ordering::SeqCst)
-        ),
-    );
-
     ensure_namespace(&client, AUDITS_NS).await;
     let store = store(&db_url);
     let t = Instant::now();
@@ -924,6 +830,101 @@ async fn helm_on_a_real_node() {
         ),
     );
 
+    // 5b. Secrets stopped at admission on the real node: the API server calls the chart's webhook through its
+    // Service (self-managed CA), so the object is stored redacted at generation 1 (the controller's own in-place
+    // redaction would make a generation 2), and its status says so.
+    let t = Instant::now();
+    ensure_namespace(&client, ADMISSION_NS).await;
+    let (password, jwt, slack) = (
+        "Sup3rS3cret!",
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpkZWZhdWx0In0.Xq3bLxvK9mN2pQ7rS5tU8wY1zA4cE6gH0jJ2kL3nM5o",
+        "xoxb-2048392012-1029384756102-Zq8WnV3xKp5RtY7uB2cD9eFg",
+    );
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let (name, applied) = crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "the webhook to answer through its Service (caBundle set by the operator)",
+        || async {
+            // A new object per attempt: one admitted while the webhook did not answer yet (failurePolicy Ignore)
+            // is redacted by the controller in place instead, at generation 2, which is not what this checks.
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let name = format!("leaky-{n}");
+            let leaky = crate::support::kube::audit_yaml(
+                &name,
+                &format!("rr-node-leaky-{n}"),
+                &format!(
+                    "  errorMessage: \"image pull failed: password={password} token {jwt}\"\n  details:\n    notify: \"slack {slack}\"\n"
+                ),
+            );
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), leaky).unwrap();
+            let path = file.path().to_str().unwrap().to_string();
+            let out = run_raw(&kubebin("kubectl"), &["-n", ADMISSION_NS, "apply", "-f", &path]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let obj: Value =
+                serde_json::from_str(&kubectl(&["-n", ADMISSION_NS, "get", "raudit", &name, "-o", "json"]))
+                    .unwrap();
+            // The webhook's mark; without it the object was admitted while no replica answered yet (seen right
+            // after `helm install --wait`, before the replicas set the caBundle): the controller then redacts it.
+            if obj["metadata"]["annotations"][datastorage::admission::REDACTED_ANNOTATION].is_null() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return None;
+            }
+            Some((name, obj))
+        },
+    )
+    .await;
+    let answered_after = t.elapsed();
+    let yaml = kubectl(&["-n", ADMISSION_NS, "get", "raudit", &name, "-o", "yaml"]);
+    for secret in [password, jwt, slack] {
+        assert!(
+            !yaml.contains(secret),
+            "the stored object holds {secret:.12}…:\n{yaml}"
+        );
+    }
+    assert_eq!(
+        applied["metadata"]["generation"], 1,
+        "redacted before it was stored: {applied}"
+    );
+    let note = applied["metadata"]["annotations"][datastorage::admission::REDACTED_ANNOTATION]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for kind in ["jwt", "password_kv", "slack_token"] {
+        assert!(note.contains(&format!("{kind}=")), "{note}");
+    }
+    let message = crate::support::kube::eventually(
+        Duration::from_secs(60),
+        "the leaky audit Persisted",
+        || async {
+            let out = kubectl(&[
+                "-n",
+                ADMISSION_NS,
+                "get",
+                "raudit",
+                &name,
+                "-o",
+                "jsonpath={.status.state} {.status.message}",
+            ]);
+            out.starts_with("Persisted").then_some(out)
+        },
+    )
+    .await;
+    assert!(message.contains("redacted at admission: "), "{message}");
+    summary(
+        t,
+        format!(
+            "SUMMARY | secrets stopped at admission on the node | a password, a JWT and a Slack token applied with \
+             kubectl: the object is stored redacted at generation 1 (annotation {note}), `kubectl get -o yaml` holds \
+             none of them, status \"{}\"; marked by the webhook after {:.1}s, {} attempt(s) (an object admitted \
+             while no replica answers is stored unredacted under failurePolicy Ignore, then redacted by the \
+             controller) |",
+            message.trim(),
+            answered_after.as_secs_f64(),
+            attempt.load(std::sync::atomic::Ordering::SeqCst)
+        ),
+    );
+
     // 6. helm uninstall: the pre-delete hook scales the operator down and removes the finalizers; CRDs and audits
     //    stay; a namespace holding audits can be deleted; the DataStorage and every other release object are gone.
     let t = Instant::now();
@@ -998,7 +999,7 @@ async fn helm_on_a_real_node() {
         "audits still carry finalizers after helm uninstall"
     );
     let rows = crate::support::faults::stored_count(&store).await;
-    // + 3 in OTHER_NS, + those of phase 1b (one, or more when the webhook did not answer at once).
+    // + 3 in OTHER_NS, + those of phase 5b (one, or more when the webhook did not answer at once).
     let admission_rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audits WHERE namespace = $1")
             .bind(ADMISSION_NS)
