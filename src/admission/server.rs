@@ -1,8 +1,9 @@
 //! The webhook's HTTPS server: `POST /mutate` (an AdmissionReview in, one out) over TLS (rustls), on its own port.
 //!
 //! Bounded: a request body of at most [`MAX_BODY_BYTES`] (an object is at most ~1.5 MiB in etcd and a review holds
-//! the object and the old one), [`REVIEW_TIMEOUT`] for the sanitizer (it runs on the blocking pool), a TLS
-//! handshake and request head within [`HANDSHAKE_TIMEOUT`], at most [`MAX_CONNECTIONS`] connections at once. The API
+//! the object and the old one), arriving within [`LIMITS`]' body deadline, [`REVIEW_TIMEOUT`] for the sanitizer (it
+//! runs on the blocking pool), a TLS handshake and request head within [`HANDSHAKE_TIMEOUT`], at most
+//! [`MAX_CONNECTIONS`] connections at once. The API
 //! server calls with its own `timeoutSeconds` (the chart: 5 s); past it the request is admitted unchanged
 //! (`failurePolicy: Ignore`) and the controller redacts the stored object.
 
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -60,14 +60,40 @@ pub fn tls_config(pem: &TlsPem) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The per-request limits of the API and ops ports, for this one: the port takes ingress from anywhere (the API
+/// server is not a pod), so a client trickling a body must not hold one of the [`MAX_CONNECTIONS`] slots for long.
+/// A body must arrive within 10 s (408) and a review be answered within 15 s (the API server's own
+/// `timeoutSeconds` is at most 30 s; the chart's 5 s), at most 64 reviews in progress at once (503 past it).
+pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    header_read_timeout: HANDSHAKE_TIMEOUT,
+    max_header_bytes: 16 * 1024,
+    body_timeout: Duration::from_secs(10),
+    max_body_bytes: MAX_BODY_BYTES,
+    request_timeout: Duration::from_secs(15),
+    max_connections: MAX_CONNECTIONS,
+    max_concurrency: 64,
+};
+
 pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new()
-        .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(ctx)
+    crate::http::limited(
+        Router::new()
+            .route("/mutate", post(mutate))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(ctx),
+        LIMITS,
+    )
 }
 
-async fn mutate(State(ctx): State<Arc<Context>>, body: Bytes) -> Response {
+async fn mutate(State(ctx): State<Arc<Context>>, body: axum::body::Body) -> Response {
+    // 408 when the body does not arrive within the deadline, 413 past the size (a client trickling a body gives
+    // its connection slot back at the deadline).
+    let body = match crate::api::read_body(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(problem) => {
+            ctx.metrics.admission_error("bad_request");
+            return problem.into_response();
+        }
+    };
     let config = ctx
         .current_runtime()
         .map(|rt| rt.sanitize)

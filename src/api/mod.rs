@@ -484,7 +484,9 @@ async fn get_one(
 }
 
 /// Reads a request body of at most `limit` bytes (the router's deadline bounds how long that may take).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
+/// Reads a request body of at most `limit` bytes: 413 past it, 408 when the body deadline of
+/// [`crate::http::limited`] passes first (also used by the admission webhook).
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());

@@ -530,6 +530,51 @@ async fn self_managed_certificate_is_shared_by_replicas_and_its_ca_injected() {
         .await;
         assert_eq!(resp.status(), 400, "{addr}: not an AdmissionReview");
     }
+    // A client that starts a body and never finishes it loses its connection slot at the body deadline (the port
+    // takes ingress from anywhere): 408, not a connection held for as long as the client likes.
+    let addr = env.operator.as_ref().unwrap().admission_addr.unwrap();
+    let started = std::time::Instant::now();
+    let answer = {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        // Headers and 8 of the 1000 bytes announced, then nothing.
+        tls.write_all(
+            b"POST /mutate HTTP/1.1\r\nhost: webhook\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"kind\"",
+        )
+        .await
+        .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut answer))
+            .await
+            .expect("no answer within 60 s to a stalled body")
+            .unwrap();
+        String::from_utf8_lossy(&answer[..n]).to_string()
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body: {answer}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < datastorage::admission::server::LIMITS.body_timeout + Duration::from_secs(10),
+        "cut at the body deadline, not later: {waited:?}"
+    );
     // And the API server calls it: the secret is redacted at admission.
     eventually(WAIT, "the webhook to redact dry runs", || async {
         let out = kubectl_raw(
