@@ -137,7 +137,7 @@ up() {
   kubectl create clusterrolebinding demo-reader --clusterrole=audit-reader \
     --serviceaccount="$NS:demo-reader" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl -n "$NS" create role datastorage-api-proxy --verb=get,create --resource=services/proxy \
-    --resource-name="$RELEASE" --resource-name="$RELEASE:8080" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    --resource-name="$RELEASE" --resource-name="$RELEASE:8080" --resource-name="https:$RELEASE:8080" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   kubectl -n "$NS" create rolebinding demo-reader-proxy --role=datastorage-api-proxy \
     --serviceaccount="$NS:demo-reader" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   local reader_kc="$DEMO_DIR/demo-reader.kubeconfig"
@@ -151,7 +151,11 @@ up() {
     KUBECONFIG="$reader_kc" kubectl config use-context node >/dev/null
   )
   export PATH="$plugin_dir:$PATH"
-  unset DATASTORAGE_API_SERVER DATASTORAGE_TOKEN
+  unset DATASTORAGE_API_SERVER
+  # The kubeconfig's token (for the API server) opens the service proxy; the query API takes only a token minted for
+  # its audience (api.tokenAudiences), forwarded by kubectl audit.
+  DATASTORAGE_TOKEN="$(kubectl -n "$NS" create token demo-reader --duration=2h --audience datastorage)"
+  export DATASTORAGE_TOKEN
 
   say "Semantic search: \"pod keeps getting OOM killed\" (kubectl audit, through the apiserver's service proxy)"
   KUBECONFIG="$reader_kc" kubectl audit search "pod keeps getting OOM killed" -A --limit 3
@@ -167,7 +171,7 @@ up() {
   printf '  %s\n' "${TIMES[@]}"
   {
     echo "  export KUBECONFIG=$kubeconfig PATH=$(hack/kubebins/build.sh --print-bindir):$plugin_dir:\$PATH"
-    echo "  as the user:   KUBECONFIG=$reader_kc kubectl audit search \"certificate expired\" -A"
+    echo "  as the user:   KUBECONFIG=$reader_kc DATASTORAGE_TOKEN=\$(kubectl -n $NS create token demo-reader --audience datastorage) kubectl audit search \"certificate expired\" -A"
     echo "  pods:          kubectl -n $NS get pods; kubectl -n $NS logs deploy/$RELEASE"
     echo "  stop everything: make demo-down"
   } | tee "$DEMO_DIR/done"

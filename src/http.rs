@@ -7,7 +7,8 @@
 //! a concurrency limit (503 + `Retry-After` past it), a whole-request timeout, a request-body deadline and a body
 //! size limit (413 from `Content-Length` alone, before the body is read and before authentication). axum's own
 //! `serve` runs hyper without a timer, which silently disables hyper's header-read timeout: one client holding
-//! thousands of half-sent requests would then hold as many tasks and sockets forever.
+//! thousands of half-sent requests would then hold as many tasks and sockets forever. Optionally over TLS (the
+//! query API in the chart's default, the admission webhook always), and drained on shutdown ([`Drain`]).
 //!
 //! The operations endpoints, on their own port: `/metrics`, `/healthz` (the process serves), `/readyz` (the
 //! DataStorage is Ready for writes, the leader's RemediationAudit watch is not failing, and the database answers
@@ -140,9 +141,24 @@ fn as_problem(resp: Response) -> Response {
     answer
 }
 
-/// Serves `router` on `listener` under `limits` until the listener fails for good (never, in practice: accept
-/// errors such as EMFILE are logged and retried after a short pause).
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std::io::Result<()> {
+/// How a port stops: once `draining` is cancelled it accepts no more connections, asks each open one to close after
+/// the request in progress (hyper's graceful shutdown: an idle keep-alive connection closes at once), and waits up
+/// to `timeout` for them all.
+#[derive(Clone)]
+pub struct Drain {
+    pub draining: tokio_util::sync::CancellationToken,
+    pub timeout: Duration,
+}
+
+/// Serves `router` on `listener` under `limits` (over TLS with `tls`) until `drain` stops it. Accept errors (EMFILE)
+/// are logged and retried after a short pause. Over TLS the handshake must end within the header-read timeout.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    drain: Drain,
+) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -151,30 +167,90 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std
         .max_buf_size(limits.max_header_bytes.max(8192) + 1024)
         .max_header_size(limits.max_header_bytes);
     let router = limited(router, limits);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; retrying shortly");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            biased;
+            () = drain.draining.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the limit: one non-blocking write of a canned 503, then close; no task, no buffer.
-            let _ = stream.try_write(&TOO_MANY_CONNECTIONS);
+            // Over the limit: one non-blocking write of a canned 503 (plain HTTP only), then close; no task, no
+            // buffer.
+            if acceptor.is_none() {
+                let _ = stream.try_write(&TOO_MANY_CONNECTIONS);
+            }
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let draining = drain.draining.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _permit = permit;
+            let result = match acceptor {
+                None => connection(&builder, TokioIo::new(stream), service, draining).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            connection(&builder, TokioIo::new(tls), service, draining).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
+    }
+    drop(listener);
+    // Every permit back = every connection closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(drain.timeout, connections.acquire_many(all)).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            open = limits.max_connections - connections.available_permits(),
+            "connections still open after the drain timeout ({:?}); leaving them",
+            drain.timeout
+        ),
+    }
+    Ok(())
+}
+
+/// One connection, closed gracefully (after the request in progress) once `draining` is cancelled.
+async fn connection<I>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: TokioIo<I>,
+    service: TowerToHyperService<Router>,
+    draining: tokio_util::sync::CancellationToken,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 
@@ -219,6 +295,14 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
 }
 
 async fn readiness(ctx: &Arc<Context>) -> (StatusCode, String) {
+    if ctx.shutdown.is_cancelled() {
+        // First thing on SIGTERM: the endpoints controller takes this replica out of the Service while its ports
+        // still serve the requests already routed to it.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: this replica finishes the requests in progress and stops\n".into(),
+        );
+    }
     let Some(rt) = ctx.current_runtime() else {
         return (StatusCode::SERVICE_UNAVAILABLE, not_ready_reason(ctx).await);
     };

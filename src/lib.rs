@@ -2,7 +2,8 @@
 //! PostgreSQL + pgvector.
 //!
 //! Map of the code:
-//! - [`admission`]: the mutating admission webhook (secrets redacted before etcd; TLS; its certificate).
+//! - [`admission`]: the mutating admission webhook (secrets redacted before etcd); [`tls`]: the Service's serving
+//!   certificate (query API and webhook).
 //! - [`crd`]: the two custom resources (`RemediationAudit`, `DataStorage`).
 //! - [`audit`]: the pure steps of one audit's journey (validate, sanitize, canonical record and hash chain,
 //!   embedding text, status).
@@ -34,3 +35,4 @@ pub mod operator;
 pub mod rbac;
 pub mod runtime;
 pub mod store;
+pub mod tls;

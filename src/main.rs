@@ -74,14 +74,22 @@ enum Command {
     },
     /// The chart's `helm test`: checks a running release through its Service: `/readyz` answers 200 (else prints
     /// why not), `/metrics` exports `datastorage_build_info`, and the query API answers and enforces
-    /// authentication (401 without a token).
+    /// authentication (401 without a token); over https, with a certificate of the release's CA for the Service's
+    /// name, and not at all over plain HTTP.
     SmokeTest {
         /// Base URL of the operations endpoints, e.g. http://datastorage-operator.ns:8081
         #[arg(long)]
         metrics_url: String,
-        /// Base URL of the query API, e.g. http://datastorage-operator.ns:8080
+        /// Base URL of the query API, e.g. https://10.0.0.12:8080
         #[arg(long)]
         api_url: String,
+        /// PEM of the CA the API's certificate must be signed by (https).
+        #[arg(long, requires = "api_server_name")]
+        api_ca_file: Option<PathBuf>,
+        /// The name the API's certificate must be valid for (https), e.g. datastorage-operator.ns.svc; the
+        /// connection goes to --api-url's host.
+        #[arg(long, requires = "api_ca_file")]
+        api_server_name: Option<String>,
         /// Seconds to wait for `/readyz` to answer 200.
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
@@ -155,34 +163,51 @@ struct RunArgs {
     /// Serve the mutating admission webhook (POST /mutate, TLS) on this address (default: not served).
     #[arg(long, env = "DATASTORAGE_ADMISSION_ADDR")]
     admission_addr: Option<std::net::SocketAddr>,
-    /// The webhook's serving certificate (PEM, e.g. cert-manager's tls.crt); with --admission-key-file. Without
-    /// them the operator manages its own CA and certificate (--admission-secret).
+    /// Serve the query API over HTTPS (the Service's serving certificate, shared with the webhook).
+    #[arg(long, env = "DATASTORAGE_API_TLS")]
+    api_tls: bool,
+    /// Audiences a bearer token must be valid for at the query API, comma-separated (TokenReview
+    /// `spec.audiences`); "" accepts whatever the API server accepts for itself (its own audience: such a token
+    /// can be replayed against the API server).
     #[arg(
         long,
-        env = "DATASTORAGE_ADMISSION_CERT_FILE",
-        requires = "admission_key_file"
+        env = "DATASTORAGE_API_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = datastorage::api::auth::DEFAULT_AUDIENCE
     )]
-    admission_cert_file: Option<PathBuf>,
+    api_token_audiences: Vec<String>,
+    /// Seconds a stopping replica goes on accepting requests after SIGTERM (while /readyz answers 503 and the
+    /// Service stops routing to it).
+    #[arg(long, env = "DATASTORAGE_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    shutdown_delay_seconds: u64,
+    /// Seconds a stopping replica then waits for the requests in progress.
     #[arg(
         long,
-        env = "DATASTORAGE_ADMISSION_KEY_FILE",
-        requires = "admission_cert_file"
+        env = "DATASTORAGE_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 20
     )]
-    admission_key_file: Option<PathBuf>,
+    shutdown_timeout_seconds: u64,
+    /// The serving certificate of the query API and the webhook (PEM, e.g. cert-manager's tls.crt); with
+    /// --tls-key-file. Without them the operator manages its own CA and certificate (--tls-secret).
+    #[arg(long, env = "DATASTORAGE_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "DATASTORAGE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Secret (in the lease namespace: the operator's own) holding the self-managed CA and serving certificate.
     #[arg(
         long,
-        env = "DATASTORAGE_ADMISSION_SECRET",
-        default_value = "datastorage-admission-tls"
+        env = "DATASTORAGE_TLS_SECRET",
+        default_value = "datastorage-operator-tls"
     )]
-    admission_secret: String,
-    /// The Service the API server calls the webhook through (its DNS names go into the self-managed certificate).
+    tls_secret: String,
+    /// The Service the API server and clients reach the operator through (its DNS names go into the self-managed
+    /// certificate).
     #[arg(
         long,
-        env = "DATASTORAGE_ADMISSION_SERVICE",
+        env = "DATASTORAGE_TLS_SERVICE",
         default_value = "datastorage-operator"
     )]
-    admission_service: String,
+    tls_service: String,
     /// The MutatingWebhookConfiguration whose caBundle the operator sets (self-managed certificate).
     #[arg(
         long,
@@ -230,6 +255,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             init_tracing(&args.log_format);
             let client = kube::Client::try_default().await?;
+            let serving_tls = match (&args.tls_cert_file, &args.tls_key_file) {
+                (Some(cert), Some(key)) => datastorage::tls::ServingTls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => datastorage::tls::ServingTls::SelfManaged {
+                    namespace: args.lease_namespace.clone(),
+                    secret: args.tls_secret.clone(),
+                    service: args.tls_service.clone(),
+                    webhook_configuration: args.admission_webhook_configuration.clone(),
+                },
+            };
             datastorage::operator::run(
                 client,
                 datastorage::operator::Options {
@@ -267,23 +304,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .admission_addr
                         .map(|addr| datastorage::operator::Admission {
                             addr,
-                            tls: match (&args.admission_cert_file, &args.admission_key_file) {
-                                (Some(cert), Some(key)) => {
-                                    datastorage::operator::AdmissionTls::Files {
-                                        cert: cert.clone(),
-                                        key: key.clone(),
-                                    }
-                                }
-                                _ => datastorage::operator::AdmissionTls::SelfManaged {
-                                    namespace: args.lease_namespace.clone(),
-                                    secret: args.admission_secret.clone(),
-                                    service: args.admission_service.clone(),
-                                    webhook_configuration: args
-                                        .admission_webhook_configuration
-                                        .clone(),
-                                },
-                            },
+                            tls: serving_tls.clone(),
                         }),
+                    api_tls: args.api_tls.then(|| serving_tls.clone()),
+                    token_audiences: args.api_token_audiences.clone(),
+                    shutdown: datastorage::operator::ShutdownTimes {
+                        drain_delay: std::time::Duration::from_secs(args.shutdown_delay_seconds),
+                        drain_timeout: std::time::Duration::from_secs(
+                            args.shutdown_timeout_seconds,
+                        ),
+                    },
                 },
             )
             .await?;
@@ -345,16 +375,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SmokeTest {
             metrics_url,
             api_url,
+            api_ca_file,
+            api_server_name,
             timeout_seconds,
         } => {
-            smoke_test(
+            let tls = match (api_ca_file, api_server_name) {
+                (Some(ca), Some(name)) => Some((
+                    std::fs::read(&ca)
+                        .map_err(|e| anyhow::anyhow!("--api-ca-file {}: {e}", ca.display()))?,
+                    name,
+                )),
+                _ => None,
+            };
+            let over = smoke_test(
                 &metrics_url,
                 &api_url,
+                tls,
                 std::time::Duration::from_secs(timeout_seconds),
             )
             .await?;
             println!(
-                "smoke test passed: {metrics_url}/readyz 200, build info exported, {api_url} requires a token"
+                "smoke test passed: {metrics_url}/readyz 200, build info exported, {api_url} requires a token{over}"
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -534,8 +575,9 @@ async fn apply_crds(client: kube::Client, dir: &std::path::Path) -> anyhow::Resu
 async fn smoke_test(
     metrics_url: &str,
     api_url: &str,
+    tls: Option<(Vec<u8>, String)>,
     timeout: std::time::Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()?;
@@ -567,13 +609,50 @@ async fn smoke_test(
         metrics.contains("datastorage_build_info{"),
         "{metrics_url}/metrics does not export datastorage_build_info"
     );
-    let api = http.get(format!("{api_url}/api/v1/audits")).send().await?;
+    let Some((ca_pem, server_name)) = tls else {
+        let api = http.get(format!("{api_url}/api/v1/audits")).send().await?;
+        anyhow::ensure!(
+            api.status() == reqwest::StatusCode::UNAUTHORIZED,
+            "{api_url}/api/v1/audits without a token answered {} (expected 401)",
+            api.status()
+        );
+        return Ok(String::new());
+    };
+    // The connection goes to the URL's address, the certificate is checked for the Service's name.
+    let url = reqwest::Url::parse(api_url)?;
+    anyhow::ensure!(
+        url.scheme() == "https",
+        "--api-ca-file needs an https --api-url"
+    );
+    let addr = url
+        .socket_addrs(|| Some(443))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{api_url}: no address"))?;
+    let mut verified = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .tls_built_in_root_certs(false)
+        .resolve(&server_name, addr);
+    for cert in reqwest::Certificate::from_pem_bundle(&ca_pem)? {
+        verified = verified.add_root_certificate(cert);
+    }
+    let named = format!("https://{server_name}:{}/api/v1/audits", addr.port());
+    let api = verified.build()?.get(&named).send().await?;
     anyhow::ensure!(
         api.status() == reqwest::StatusCode::UNAUTHORIZED,
-        "{api_url}/api/v1/audits without a token answered {} (expected 401)",
+        "{named} without a token answered {} (expected 401)",
         api.status()
     );
-    Ok(())
+    let plain = format!("http://{addr}/api/v1/audits");
+    if let Ok(answer) = http.get(&plain).send().await {
+        anyhow::bail!(
+            "{plain} answered {} over plain HTTP (expected no HTTP answer)",
+            answer.status()
+        );
+    }
+    Ok(format!(
+        ", over TLS with the release's CA for {server_name} (plain HTTP: no answer)"
+    ))
 }
 
 fn init_tracing(format: &str) {

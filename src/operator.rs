@@ -7,7 +7,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::controller::datastorage::DsContext;
 use crate::controller::{audit, datastorage};
@@ -33,72 +33,94 @@ pub struct Options {
     pub ops_limits: crate::http::Limits,
     /// The mutating admission webhook (`None`: not served).
     pub admission: Option<Admission>,
+    /// Serve the query API over TLS with this certificate (`None`: plain HTTP, e.g. behind a mesh or in tests).
+    pub api_tls: Option<ServingTls>,
+    /// The audiences a bearer token must be valid for at the query API (TokenReview `spec.audiences`; `datastorage
+    /// run`: [`crate::api::auth::DEFAULT_AUDIENCE`]). Empty: whatever the API server accepts for itself.
+    pub token_audiences: Vec<String>,
+    /// How long a stopping replica keeps serving.
+    pub shutdown: ShutdownTimes,
+}
+
+impl Options {
+    /// The defaults of `datastorage run` for the DataStorage `datastorage`: every namespace, the ports of the
+    /// chart (8081 operations, 8080 API, plain HTTP), no leader election, checkpoints or webhook, tokens for
+    /// [`crate::api::auth::DEFAULT_AUDIENCE`].
+    pub fn new(datastorage: impl Into<String>) -> Self {
+        Self {
+            datastorage: datastorage.into(),
+            namespace: None,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            api_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            model_dir: None,
+            leader_election: None,
+            checkpoint: None,
+            api_limits: crate::http::Limits::API,
+            ops_limits: crate::http::Limits::OPS,
+            admission: None,
+            api_tls: None,
+            token_audiences: vec![crate::api::auth::DEFAULT_AUDIENCE.to_string()],
+            shutdown: ShutdownTimes::DEFAULT,
+        }
+    }
+
+    /// [`Options::new`] with both ports on 127.0.0.1, chosen by the kernel (tests, local runs).
+    pub fn local(datastorage: impl Into<String>) -> Self {
+        Self {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::new(datastorage)
+        }
+    }
 }
 
 /// Where and with which certificate every replica serves the admission webhook (`POST /mutate`, TLS).
 #[derive(Clone)]
 pub struct Admission {
     pub addr: SocketAddr,
-    pub tls: AdmissionTls,
+    pub tls: ServingTls,
 }
 
-/// The webhook's serving certificate.
-#[derive(Clone)]
-pub enum AdmissionTls {
-    /// PEM files, read at start-up (cert-manager's Secret, mounted).
-    Files {
-        cert: std::path::PathBuf,
-        key: std::path::PathBuf,
-    },
-    /// Managed by the operator: CA and certificate in Secret `namespace/secret` (created by the first replica), for
-    /// Service `service`; the CA goes into the `caBundle` of MutatingWebhookConfiguration `webhook_configuration`.
-    SelfManaged {
-        namespace: String,
-        secret: String,
-        service: String,
-        webhook_configuration: String,
-    },
-    /// Given in memory (tests).
-    Pem(crate::admission::server::TlsPem),
+pub use crate::tls::ServingTls;
+
+/// How long a stopping replica keeps serving. On SIGTERM `/readyz` answers 503 at once and the controllers finish
+/// their reconciles in progress and stop (the leader gives up the Lease when the process ends); the HTTP ports go on
+/// accepting for `drain_delay` (the endpoints controller and kube-proxy take the replica out of the Service in
+/// the meantime), then accept nothing more and wait up to `drain_timeout` for the requests in progress. The chart's
+/// `terminationGracePeriodSeconds` (30) covers both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownTimes {
+    pub drain_delay: std::time::Duration,
+    pub drain_timeout: std::time::Duration,
 }
 
-/// The webhook's certificate and key, per its [`AdmissionTls`]; with `SelfManaged`, also sets the CA bundle.
-async fn admission_tls(
-    client: &Client,
-    tls: &AdmissionTls,
-) -> anyhow::Result<crate::admission::server::TlsPem> {
-    use crate::admission::{certs, server::TlsPem};
-    Ok(match tls {
-        AdmissionTls::Pem(p) => p.clone(),
-        AdmissionTls::Files { cert, key } => TlsPem {
-            cert_chain: std::fs::read_to_string(cert)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?,
-            key: std::fs::read_to_string(key)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?,
-        },
-        AdmissionTls::SelfManaged {
-            namespace,
-            secret,
-            service,
-            webhook_configuration,
-        } => {
-            let bundle = certs::ensure_secret(
-                client,
-                namespace,
-                secret,
-                &certs::service_dns_names(service, namespace),
-            )
-            .await?;
-            // Not fatal: without the bundle the API server cannot call the webhook, and the failurePolicy (Ignore)
-            // and the controller's in-place redaction take over; the next start tries again.
-            if let Err(e) =
-                certs::inject_ca_bundle(client, webhook_configuration, &bundle.ca_pem).await
-            {
-                warn!(error = %e, configuration = %webhook_configuration, "cannot set the webhook's caBundle");
-            }
-            bundle.serving
-        }
-    })
+impl ShutdownTimes {
+    pub const DEFAULT: ShutdownTimes = ShutdownTimes {
+        drain_delay: std::time::Duration::from_secs(5),
+        drain_timeout: std::time::Duration::from_secs(20),
+    };
+}
+
+/// Sets the self-managed CA into the webhook configuration's `caBundle` (reads the Secret, creating it when no
+/// replica has yet). Nothing to do for a mounted certificate: cert-manager's CA injector sets it.
+async fn inject_ca_bundle(client: &Client, tls: &ServingTls) -> anyhow::Result<()> {
+    let ServingTls::SelfManaged {
+        namespace,
+        secret,
+        service,
+        webhook_configuration,
+    } = tls
+    else {
+        return Ok(());
+    };
+    let bundle = crate::tls::certs::ensure_secret(
+        client,
+        namespace,
+        secret,
+        &crate::tls::certs::service_dns_names(service, namespace),
+    )
+    .await?;
+    crate::tls::certs::inject_ca_bundle(client, webhook_configuration, &bundle.ca_pem).await
 }
 
 /// Where the leader Lease lives and who this replica is.
@@ -121,6 +143,14 @@ pub struct Running {
     pub admission_addr: Option<SocketAddr>,
     pub context: Arc<Context>,
     pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// What SIGTERM does: `/readyz` 503, the controllers stop after their reconciles in progress, the ports drain;
+    /// `task` ends when all of it has.
+    pub fn shutdown(&self) {
+        self.context.shutdown.cancel();
+    }
 }
 
 /// Starts everything and returns once the endpoints listen. Every replica serves the query API, metrics and
@@ -169,6 +199,29 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         ctx.set_checkpoint(c);
     }
 
+    // On shutdown the ports go on accepting for the drain delay, then drain.
+    let shutdown = ctx.shutdown.clone();
+    let drain = crate::http::Drain {
+        draining: tokio_util::sync::CancellationToken::new(),
+        timeout: opts.shutdown.drain_timeout,
+    };
+    {
+        let (shutdown, draining, delay) = (
+            shutdown.clone(),
+            drain.draining.clone(),
+            opts.shutdown.drain_delay,
+        );
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            info!(
+                ?delay,
+                "shutting down: /readyz answers 503; the ports drain after the delay"
+            );
+            tokio::time::sleep(delay).await;
+            draining.cancel();
+        });
+    }
+
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr).await?;
     let ops_addr = listener.local_addr()?;
     info!(addr = %ops_addr, "serving /metrics, /healthz, /readyz");
@@ -176,16 +229,28 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         listener,
         crate::http::ops_router(ctx.clone()),
         opts.ops_limits,
+        None,
+        drain.clone(),
     );
 
     let api_listener = tokio::net::TcpListener::bind(opts.api_addr).await?;
     let api_addr = api_listener.local_addr()?;
-    info!(addr = %api_addr, "serving the query API (/api/v1, /openapi.json)");
-    let api = crate::http::serve(
-        api_listener,
-        crate::api::router(ctx.clone()),
-        opts.api_limits,
-    );
+    let api = {
+        let (client, drain) = (ctx.client.clone(), drain.clone());
+        let router = crate::api::router(ctx.clone(), opts.token_audiences.clone());
+        let (tls, limits) = (opts.api_tls.clone(), opts.api_limits);
+        async move {
+            let config = match &tls {
+                None => None,
+                Some(tls) => tokio::select! {
+                    c = crate::tls::server_config_when_ready(&client, tls, "query API") => Some(c),
+                    () = drain.draining.cancelled() => return Ok(()),
+                },
+            };
+            info!(addr = %api_addr, tls = config.is_some(), "serving the query API (/api/v1, /openapi.json)");
+            crate::http::serve(api_listener, router, limits, config, drain).await
+        }
+    };
 
     // The webhook's port is bound now (so its address is known); its certificate may need the API server (the
     // self-managed Secret), which is retried in the background: the controllers never wait for the webhook, whose
@@ -194,15 +259,20 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
     let admission = match &opts.admission {
         None => None,
         Some(a) => {
-            let listener = crate::admission::server::bind(a.addr).await?;
+            let listener = tokio::net::TcpListener::bind(a.addr).await?;
             admission_addr = Some(listener.local_addr()?);
-            Some(serve_admission(ctx.clone(), a.tls.clone(), listener))
+            Some(serve_admission(
+                ctx.clone(),
+                a.tls.clone(),
+                listener,
+                drain.clone(),
+            ))
         }
     };
     let admission = async move {
         match admission {
             Some(serving) => serving.await,
-            None => std::future::pending().await,
+            None => Ok(()),
         }
     };
 
@@ -213,15 +283,21 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         drop(lease_task);
         let _always_leader = always_leader;
         info!(datastorage = %opts.datastorage, namespace = ?opts.namespace, "starting");
-        let result = tokio::select! {
-            _ = datastorage::run(ds_ctx, opts.datastorage) => Ok(()),
-            _ = write_while_leader(task_ctx, opts.namespace, leader_rx) => Ok(()),
-            r = ops => r.map_err(anyhow::Error::from),
-            r = api => r.map_err(anyhow::Error::from),
-            () = admission => Ok(()),
+        let work = async {
+            tokio::select! {
+                () = datastorage::run(ds_ctx, opts.datastorage, shutdown.clone()) => {}
+                () = write_while_leader(task_ctx, opts.namespace, leader_rx) => {}
+            }
+            // The controllers end on shutdown; should one end on its own, the process stops (and is restarted).
+            shutdown.cancel();
         };
+        let serving = async {
+            let (ops, api, admission) = tokio::join!(ops, api, admission);
+            ops.and(api).and(admission)
+        };
+        let ((), served) = tokio::join!(work, serving);
         info!("stopped");
-        result
+        served.map_err(anyhow::Error::from)
     });
     Ok(Running {
         ops_addr,
@@ -234,37 +310,48 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
 
 /// Gets the webhook's certificate (retrying every 10 s), then serves it. With a self-managed certificate the CA bundle
 /// is set again every minute: a `helm template | kubectl apply` (GitOps) of the webhook configuration has none.
-async fn serve_admission(ctx: Arc<Context>, tls: AdmissionTls, listener: tokio::net::TcpListener) {
+async fn serve_admission(
+    ctx: Arc<Context>,
+    tls: ServingTls,
+    listener: tokio::net::TcpListener,
+    drain: crate::http::Drain,
+) -> std::io::Result<()> {
     use crate::admission::server;
-    let config = loop {
-        match admission_tls(&ctx.client, &tls)
-            .await
-            .and_then(|pem| server::tls_config(&pem))
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                warn!(error = %e, "admission webhook: no certificate yet; retrying in 10s");
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            }
-        }
-    };
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "serving the admission webhook (POST /mutate, TLS)");
-    }
-    let serving = server::serve(listener, config, server::router(ctx.clone()));
     let refresh = async {
-        let AdmissionTls::SelfManaged { .. } = &tls else {
+        let ServingTls::SelfManaged { .. } = &tls else {
             return std::future::pending().await;
         };
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            // Reads the same Secret (never regenerates an existing one) and patches only a missing or stale bundle.
-            if let Err(e) = admission_tls(&ctx.client, &tls).await {
-                debug!(error = %e, "admission webhook: caBundle refresh");
+            // Not fatal: without the bundle the API server cannot call the webhook, and the failurePolicy (Ignore)
+            // and the controller's in-place redaction take over. Reads the same Secret (never regenerates an
+            // existing one) and patches only a missing or stale bundle.
+            if let Err(e) = inject_ca_bundle(&ctx.client, &tls).await {
+                warn!(error = %e, "admission webhook: cannot set the webhook's caBundle; retrying in 60s");
             }
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
     };
-    tokio::join!(serving, refresh);
+    let serving = async {
+        let config = tokio::select! {
+            c = crate::tls::server_config_when_ready(&ctx.client, &tls, "admission webhook") => c,
+            () = drain.draining.cancelled() => return Ok(()),
+        };
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving the admission webhook (POST /mutate, TLS)");
+        }
+        crate::http::serve(
+            listener,
+            server::router(ctx.clone()),
+            server::LIMITS,
+            Some(config),
+            drain.clone(),
+        )
+        .await
+    };
+    tokio::select! {
+        served = serving => served,
+        () = refresh => Ok(()),
+    }
 }
 
 /// Runs the writers while `leader` is true and stops them as soon as it turns false.
@@ -274,8 +361,11 @@ async fn write_while_leader(
     mut leader: watch::Receiver<bool>,
 ) {
     loop {
-        if leader.wait_for(|is| *is).await.is_err() {
-            return;
+        tokio::select! {
+            became = leader.wait_for(|is| *is) => if became.is_err() {
+                return;
+            },
+            () = ctx.shutdown.cancelled() => return,
         }
         info!("this replica is the leader: starting the writers");
         ctx.metrics.leader.set(1);
@@ -303,8 +393,29 @@ async fn write_while_leader(
     }
 }
 
-/// Runs until a shutdown signal.
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully ([`ShutdownTimes`]).
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let running = start(client, opts).await?;
+    let shutdown = running.context.shutdown.clone();
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        info!(%signal, "shutting down");
+        shutdown.cancel();
+    });
     running.task.await?
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }

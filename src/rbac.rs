@@ -67,7 +67,7 @@ pub const REQUIRED: &[Permission] = &[
     ),
     // controller/datastorage.rs: readiness conditions via `api.patch_status`.
     p(GROUP, "datastorages/status", &["patch"], Scope::Cluster),
-    // admission/certs.rs `inject_ca_bundle`: the self-managed CA goes into the webhook configuration's caBundle
+    // tls/certs.rs `inject_ca_bundle`: the self-managed CA goes into the webhook configuration's caBundle
     // (`get`, then a strategic-merge `patch`).
     p(
         "admissionregistration.k8s.io",
@@ -107,7 +107,7 @@ pub const REQUIRED: &[Permission] = &[
     ),
     // controller/datastorage/steps.rs `read_secret`: `Api<Secret>::namespaced(..).get_opt(name)` for the database URL,
     // the embedding API key and the Redis URL. The chart only grants this in the release namespace, so every
-    // Secret a DataStorage references must live there. admission/certs.rs `ensure_secret`: the self-managed webhook
+    // Secret a DataStorage references must live there. tls/certs.rs `ensure_secret`: the self-managed serving
     // CA and certificate, read (`get_opt`) and created once (`create`; never updated).
     p("", "secrets", &["create", "get"], Scope::ReleaseNamespace),
     // Leader election (only the leader writes): the Lease in the release namespace. kube-lease-manager gets and

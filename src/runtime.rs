@@ -81,6 +81,10 @@ pub struct Context {
     self_pod: std::sync::OnceLock<k8s_openapi::api::core::v1::ObjectReference>,
     /// The not-ready reason last published on the pod, and when.
     not_ready_noted: Mutex<Option<(String, Instant)>>,
+    /// Cancelled when the process is asked to stop (SIGTERM, or [`crate::operator::Running::shutdown`]):
+    /// `/readyz` answers 503 at once, the controllers finish the reconciles in progress and stop, and the HTTP
+    /// ports drain (see [`crate::operator::ShutdownTimes`]).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A not-ready reason that has not changed is published again after this long (an Event expires after an hour).
@@ -122,6 +126,7 @@ impl Context {
             datastorage: std::sync::OnceLock::new(),
             self_pod: std::sync::OnceLock::new(),
             not_ready_noted: Mutex::new(None),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         };
         if let (Ok(ns), Ok(name)) = (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
             ctx.set_self_pod(&ns, &name);

@@ -17,7 +17,6 @@
 //! decode, a spec that does not decode) is admitted unchanged: the API server's schema and the controller, which
 //! sanitizes everything it stores and redacts the object's own spec, stay the safety net (see docs/sanitization.md).
 
-pub mod certs;
 pub mod server;
 
 use std::collections::BTreeMap;

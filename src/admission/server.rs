@@ -1,4 +1,5 @@
-//! The webhook's HTTPS server: `POST /mutate` (an AdmissionReview in, one out) over TLS (rustls), on its own port.
+//! The webhook's HTTPS port: `POST /mutate` (an AdmissionReview in, one out), served over TLS (rustls) by
+//! [`crate::http::serve`] with the Service's serving certificate ([`crate::tls`]).
 //!
 //! Bounded: a request body of at most [`MAX_BODY_BYTES`] (an object is at most ~1.5 MiB in etcd and a review holds
 //! the object and the old one), arriving within [`LIMITS`]' body deadline, [`REVIEW_TIMEOUT`] for the sanitizer (it
@@ -7,7 +8,6 @@
 //! server calls with its own `timeoutSeconds` (the chart: 5 s); past it the request is admitted unchanged
 //! (`failurePolicy: Ignore`) and the controller redacts the stored object.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +16,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::runtime::Context;
 
@@ -31,34 +24,6 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(4);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 256;
-
-/// A serving certificate chain and its key, PEM.
-#[derive(Clone)]
-pub struct TlsPem {
-    pub cert_chain: String,
-    pub key: String,
-}
-
-/// The rustls configuration of the webhook (TLS 1.2+, HTTP/1.1).
-pub fn tls_config(pem: &TlsPem) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let certs = CertificateDer::pem_slice_iter(pem.cert_chain.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("admission webhook certificate: {e}"))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "admission webhook certificate: no CERTIFICATE block"
-    );
-    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
-        .map_err(|e| anyhow::anyhow!("admission webhook key: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// The per-request limits of the API and ops ports, for this one: the port takes ingress from anywhere (the API
 /// server is not a pod), so a client trickling a body must not hold one of the [`MAX_CONNECTIONS`] slots for long.
@@ -74,14 +39,12 @@ pub const LIMITS: crate::http::Limits = crate::http::Limits {
     max_concurrency: 64,
 };
 
+/// The webhook's routes; [`crate::http::serve`] serves them over TLS under [`LIMITS`].
 pub fn router(ctx: Arc<Context>) -> Router {
-    crate::http::limited(
-        Router::new()
-            .route("/mutate", post(mutate))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(ctx),
-        LIMITS,
-    )
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
 }
 
 async fn mutate(State(ctx): State<Arc<Context>>, body: axum::body::Body) -> Response {
@@ -124,50 +87,4 @@ async fn mutate(State(ctx): State<Arc<Context>>, body: axum::body::Body) -> Resp
         .with_label_values(&[reviewed.verdict.as_str()])
         .inc();
     axum::Json(reviewed.response).into_response()
-}
-
-/// Binds the webhook's port.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// Serves `router` over TLS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
-    let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "admission webhook accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "admission webhook: too many connections; closing");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "admission webhook TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "admission webhook connection");
-            }
-        });
-    }
 }

@@ -25,6 +25,12 @@ pub const GROUP: &str = "datastorage.kubernaut.ai";
 pub const RESOURCE: &str = "remediationaudits";
 pub const VERB: &str = "list";
 
+/// The audience the query API asks the TokenReview to check by default: a token minted for it
+/// (`kubectl create token SA --audience datastorage`, `kubectl audit --service-account SA`) is accepted here and
+/// refused by the API server itself, and a token minted for the API server (a kubeconfig's, a pod's own) is refused
+/// here, so a token forwarded to this API cannot be replayed against the API server, nor the other way round.
+pub const DEFAULT_AUDIENCE: &str = "datastorage";
+
 /// Header that carries the caller's token through the apiserver's service proxy, which consumes (and strips) the
 /// `Authorization` header after authenticating the proxy request itself.
 pub const FORWARDED_TOKEN_HEADER: &str = "x-datastorage-authorization";
@@ -82,6 +88,8 @@ impl Scope {
 #[derive(Clone)]
 pub struct Auth {
     client: Client,
+    /// The audiences a token must be valid for (empty: the API server's own).
+    audiences: Vec<String>,
     /// sha256(token) → the user, or `None` for a token the apiserver rejected.
     tokens: Cache<String, Option<Arc<User>>>,
     /// (user key, namespace) → allowed.
@@ -89,9 +97,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, audiences: Vec<String>) -> Self {
         Self {
             client,
+            audiences: audiences.into_iter().filter(|a| !a.is_empty()).collect(),
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(CACHE_TTL)
@@ -115,12 +124,12 @@ impl Auth {
         })?;
         let key = hex::encode(Sha256::digest(token.as_bytes()));
         if let Some(cached) = self.tokens.get(&key).await {
-            return cached.ok_or_else(invalid_token);
+            return cached.ok_or_else(|| self.invalid_token());
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
-                audiences: None,
+                audiences: Some(self.audiences.clone()).filter(|a| !a.is_empty()),
             },
             ..Default::default()
         };
@@ -134,9 +143,18 @@ impl Auth {
                     "cannot verify the token: the Kubernetes API did not answer the TokenReview",
                 )
             })?;
+        // With audiences asked for, the answer names those the token is valid for (the API server wraps
+        // audience-unaware authenticators so that they answer for its own audiences only).
         let user = result
             .status
             .filter(|s| s.authenticated == Some(true))
+            .filter(|s| {
+                self.audiences.is_empty()
+                    || s.audiences
+                        .iter()
+                        .flatten()
+                        .any(|a| self.audiences.contains(a))
+            })
             .and_then(|s| s.user)
             .and_then(|u| {
                 Some(Arc::new(User {
@@ -147,7 +165,25 @@ impl Auth {
                 }))
             });
         self.tokens.insert(key, user.clone()).await;
-        user.ok_or_else(invalid_token)
+        user.ok_or_else(|| self.invalid_token())
+    }
+
+    fn invalid_token(&self) -> Problem {
+        if self.audiences.is_empty() {
+            return Problem::unauthorized(
+                "the bearer token was not accepted by the Kubernetes API (TokenReview)",
+            );
+        }
+        let audiences = self.audiences.join(", ");
+        let first = self
+            .audiences
+            .first()
+            .map_or(DEFAULT_AUDIENCE, String::as_str);
+        Problem::unauthorized(format!(
+            "the bearer token was not accepted for the audience {audiences} (TokenReview): a token the API server \
+             accepts for itself is not enough here; mint one for this API with `kubectl create token <serviceaccount> \
+             --audience {first}` or `kubectl audit --service-account <serviceaccount>`"
+        ))
     }
 
     /// Whether `user` may list RemediationAudits in `namespace` ("" = cluster-wide).
@@ -238,10 +274,6 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains([' ', '\t']))
         .then_some(token)
-}
-
-fn invalid_token() -> Problem {
-    Problem::unauthorized("the bearer token was not accepted by the Kubernetes API (TokenReview)")
 }
 
 pub fn forbidden(user: &User, namespace: Option<&str>) -> Problem {

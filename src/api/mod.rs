@@ -83,9 +83,9 @@ impl Drop for CallerPermit {
 
 /// The query API's routes. Every answer carries `Cache-Control: no-store` (audit data must not be kept by
 /// proxies or browsers) and `X-Content-Type-Options: nosniff`.
-pub fn router(ctx: Arc<Context>) -> Router {
+pub fn router(ctx: Arc<Context>, token_audiences: Vec<String>) -> Router {
     let state = Arc::new(ApiState {
-        auth: Auth::new(ctx.client.clone()),
+        auth: Auth::new(ctx.client.clone(), token_audiences),
         ctx,
         callers: Arc::new(Mutex::new(HashMap::new())),
     });

@@ -2,12 +2,16 @@
 //!
 //! Two ways to reach the API:
 //! - **production**: through the kube-apiserver's service proxy,
-//!   `/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy/api/v1/…`, with the kubeconfig's cluster and credentials.
-//!   The apiserver authenticates the proxy request and strips its `Authorization` header, so the caller's token is
-//!   sent again in `X-Datastorage-Authorization`, which the API verifies with a TokenReview like any bearer token;
-//! - **direct**: `--server http://host:port` (port-forward, in-cluster, tests), token in `Authorization`.
+//!   `/api/v1/namespaces/<ns>/services/https:<svc>:<port>/proxy/api/v1/…` (the API serves HTTPS in the chart's
+//!   default), with the kubeconfig's cluster and credentials. The apiserver authenticates the proxy request and
+//!   strips its `Authorization` header, so the caller's token is sent again in `X-Datastorage-Authorization`, which
+//!   the API verifies with a TokenReview like any bearer token;
+//! - **direct**: `--server https://host:port` (port-forward, in-cluster, tests), token in `Authorization`.
 //!
-//! The token is `--token`, else the kubeconfig user's `token` / `tokenFile`.
+//! The API accepts only tokens minted for its audience (`datastorage` by default): `--service-account SA` mints
+//! one (TokenRequest, 10 minutes) with the kubeconfig's credentials; else the token is `--token`, else the
+//! kubeconfig user's `token` / `tokenFile` (accepted only where the API is configured for the API server's own
+//! audience).
 //!
 //! Answers are read into the API's own wire types ([`crate::api::types`]); everything printed comes through
 //! [`output`], which escapes what a tenant could use to drive the terminal (control characters, bidi overrides).
@@ -86,6 +90,38 @@ pub struct Connection {
         default_value = "8080"
     )]
     pub service_port: String,
+    /// Scheme the API server's proxy speaks to the Service (service-proxy mode): https, the chart's default
+    /// (`api.tls.enabled`), or http.
+    #[arg(
+        long,
+        global = true,
+        env = "DATASTORAGE_SERVICE_SCHEME",
+        default_value = "https",
+        value_parser = ["https", "http"]
+    )]
+    pub service_scheme: String,
+    /// Mint a short-lived token (10 min) for this ServiceAccount (`NAME` in the kubeconfig's namespace, or
+    /// `NAMESPACE/NAME`) with the kubeconfig's credentials, for --token-audience, and send it instead of --token
+    /// (needs `create serviceaccounts/token` on it).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub service_account: Option<String>,
+    /// The audience of a token minted with --service-account: the API's (`--api-token-audiences`, default
+    /// datastorage).
+    #[arg(
+        long,
+        global = true,
+        env = "DATASTORAGE_TOKEN_AUDIENCE",
+        default_value = crate::api::auth::DEFAULT_AUDIENCE
+    )]
+    pub token_audience: String,
+    /// PEM file of the CA that signed the API's certificate (direct https access; the chart's self-managed CA is
+    /// `ca.crt` of Secret <release>-datastorage-operator-tls).
+    #[arg(long, global = true, env = "DATASTORAGE_CA_FILE")]
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not verify the API's certificate (direct https access; e.g. through `kubectl port-forward`, where the
+    /// host name is not the certificate's).
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 /// Filters shared by list and search.
@@ -235,18 +271,26 @@ impl ApiClient {
                         .map(|t| t.trim().to_string())
                 })
         });
-        let token = c.token.clone().or(kube_token).filter(|t| !t.is_empty());
         let default_namespace = config
             .as_ref()
             .map(|cfg| cfg.default_namespace.clone())
             .unwrap_or_else(|| "default".into());
+        let token = match &c.service_account {
+            Some(sa) => {
+                let Some(config) = config.clone() else {
+                    anyhow::bail!(
+                        "--service-account needs a kubeconfig (set KUBECONFIG or pass --kubeconfig)"
+                    );
+                };
+                Some(mint_token(config, sa, &default_namespace, &c.token_audience).await?)
+            }
+            None => c.token.clone().or(kube_token).filter(|t| !t.is_empty()),
+        };
         let target = match &c.server {
             Some(server) => Target::Direct {
                 base: reqwest::Url::parse(server)
                     .map_err(|e| anyhow::anyhow!("invalid --server {server:?}: {e}"))?,
-                http: reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(60))
-                    .build()?,
+                http: direct_client(c)?,
             },
             None => {
                 let Some(config) = config else {
@@ -257,15 +301,15 @@ impl ApiClient {
                 if token.is_none() {
                     anyhow::bail!(
                         "the kubeconfig user has no bearer token to forward to the query API (client certificates \
-                         cannot be forwarded through the apiserver's proxy); pass --token, e.g. \
-                         --token \"$(kubectl create token <serviceaccount>)\""
+                         cannot be forwarded through the apiserver's proxy); pass --service-account <serviceaccount> \
+                         or --token \"$(kubectl create token <serviceaccount> --audience datastorage)\""
                     );
                 }
                 Target::Proxy {
                     client: kube::Client::try_from(config)?,
                     prefix: format!(
-                        "/api/v1/namespaces/{}/services/{}:{}/proxy",
-                        c.service_namespace, c.service_name, c.service_port
+                        "/api/v1/namespaces/{}/services/{}:{}:{}/proxy",
+                        c.service_namespace, c.service_scheme, c.service_name, c.service_port
                     ),
                 }
             }
@@ -276,7 +320,65 @@ impl ApiClient {
             default_namespace,
         })
     }
+}
 
+/// The HTTP client of direct access: the platform's roots plus --certificate-authority, or no verification.
+fn direct_client(c: &Connection) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+    if let Some(path) = &c.certificate_authority {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--certificate-authority {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("--certificate-authority {}: {e}", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if c.insecure_skip_tls_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder.build()?)
+}
+
+/// A token for ServiceAccount `sa` (`NAME` or `NAMESPACE/NAME`) valid 10 minutes (the API server's minimum) for
+/// `audience`, from the TokenRequest API with the kubeconfig's credentials.
+async fn mint_token(
+    config: kube::Config,
+    sa: &str,
+    default_namespace: &str,
+    audience: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (namespace, name) = sa.split_once('/').unwrap_or((default_namespace, sa));
+    anyhow::ensure!(
+        !namespace.is_empty() && !name.is_empty() && !name.contains('/'),
+        "--service-account {sa:?}: expected NAME or NAMESPACE/NAME"
+    );
+    let api: kube::Api<ServiceAccount> =
+        kube::Api::namespaced(kube::Client::try_from(config)?, namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let minted = api
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot mint a token for the ServiceAccount {namespace}/{name}: {e}")
+        })?;
+    minted
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the TokenRequest for {namespace}/{name} returned no token"))
+}
+
+impl ApiClient {
     async fn call<T: DeserializeOwned>(
         &self,
         method: &str,

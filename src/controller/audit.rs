@@ -99,7 +99,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     Controller::for_stream(objects, reader)
         .reconcile_all_on(relisted)
         .reconcile_all_on(sanitizer_changes(ctx.runtime.clone()))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {

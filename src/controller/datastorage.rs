@@ -108,7 +108,7 @@ pub enum Error {
 /// watch of the same object withdraws the published runtime on its deletion, and a reconcile that finds it gone
 /// (a deletion missed across a watch restart) or being deleted does the same. Without this the last runtime
 /// stayed published and writes went on against a store nobody had configured any more (issue 21).
-pub async fn run(ctx: Arc<DsContext>, name: String) {
+pub async fn run(ctx: Arc<DsContext>, name: String, shutdown: tokio_util::sync::CancellationToken) {
     let api: Api<DataStorage> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let deletions = {
@@ -125,7 +125,7 @@ pub async fn run(ctx: Arc<DsContext>, name: String) {
     let controller = {
         let ctx = ctx.clone();
         Controller::new(api, config)
-            .shutdown_on_signal()
+            .graceful_shutdown_on(shutdown.cancelled_owned())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(move |result| {
                 if let Err(kube::runtime::controller::Error::ObjectNotFound(obj)) = result {

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use datastorage::admission::certs;
-use datastorage::operator::{Admission, AdmissionTls};
+use datastorage::operator::{Admission, ServingTls};
+use datastorage::tls::certs;
 use serde_json::Value;
 
 use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually, kubectl, kubectl_raw};
@@ -154,7 +154,7 @@ async fn secrets_never_reach_etcd_and_the_status_says_redacted_at_admission() {
         EnvOptions {
             admission: Some(Admission {
                 addr: "127.0.0.1:0".parse().unwrap(),
-                tls: AdmissionTls::Pem(bundle.serving.clone()),
+                tls: ServingTls::Pem(bundle.serving.clone()),
             }),
             ..EnvOptions::default()
         },
@@ -429,7 +429,7 @@ async fn self_managed_certificate_is_shared_by_replicas_and_its_ca_injected() {
     .await;
     let hook_name = format!("datastorage-{}", env.ns);
     // The "Service" is 127.0.0.1 (an IP SAN): the test's API server calls the in-process webhook by URL.
-    let tls = AdmissionTls::SelfManaged {
+    let tls = ServingTls::SelfManaged {
         namespace: env.ns.clone(),
         secret: "admission-tls".into(),
         service: "127.0.0.1".into(),
@@ -459,21 +459,15 @@ async fn self_managed_certificate_is_shared_by_replicas_and_its_ca_injected() {
         datastorage::operator::start(
             env.client.clone(),
             datastorage::operator::Options {
-                datastorage: env.ns.clone(),
                 namespace: Some(env.ns.clone()),
-                metrics_addr: "127.0.0.1:0".parse().unwrap(),
-                api_addr: "127.0.0.1:0".parse().unwrap(),
-                model_dir: None,
                 leader_election: Some(datastorage::operator::LeaderElection {
                     namespace: env.ns.clone(),
                     lease_name: "never-leader".into(),
                     identity: "second".into(),
                     duration_seconds: 15,
                 }),
-                checkpoint: None,
                 admission: Some(other),
-                api_limits: datastorage::http::Limits::API,
-                ops_limits: datastorage::http::Limits::OPS,
+                ..datastorage::operator::Options::local(env.ns.clone())
             },
         )
         .await
@@ -678,10 +672,10 @@ fn chart_registers_the_webhook_through_the_service_never_for_its_own_namespace()
         cfg["metadata"]["name"].as_str()
     );
     assert_eq!(
-        env_value(deployment, "DATASTORAGE_ADMISSION_SERVICE"),
+        env_value(deployment, "DATASTORAGE_TLS_SERVICE"),
         svc["name"].as_str()
     );
-    assert!(env_value(deployment, "DATASTORAGE_ADMISSION_CERT_FILE").is_none());
+    assert!(env_value(deployment, "DATASTORAGE_TLS_CERT_FILE").is_none());
     // The NetworkPolicy lets the API server in.
     let np = of_kind(&docs, "NetworkPolicy")[0];
     assert!(
@@ -690,10 +684,7 @@ fn chart_registers_the_webhook_through_the_service_never_for_its_own_namespace()
     );
 
     // cert-manager: a Certificate into the mounted Secret, the CA injected by annotation.
-    let docs = documents(&template(&[
-        "--set",
-        "admissionWebhook.certManager.enabled=true",
-    ]));
+    let docs = documents(&template(&["--set", "tls.certManager.enabled=true"]));
     let cfg = of_kind(&docs, "MutatingWebhookConfiguration")[0];
     let cert = of_kind(&docs, "Certificate")[0];
     assert_eq!(
@@ -711,16 +702,16 @@ fn chart_registers_the_webhook_through_the_service_never_for_its_own_namespace()
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "admission-tls")
+        .find(|v| v["name"] == "serving-tls")
         .unwrap();
     assert_eq!(volume["secret"]["secretName"], cert["spec"]["secretName"]);
     assert_eq!(
-        env_value(deployment, "DATASTORAGE_ADMISSION_CERT_FILE"),
-        Some("/etc/datastorage/admission/tls.crt")
+        env_value(deployment, "DATASTORAGE_TLS_CERT_FILE"),
+        Some("/etc/datastorage/tls/tls.crt")
     );
     let docs = documents(&template(&[
         "--set",
-        "admissionWebhook.certManager.enabled=true,admissionWebhook.certManager.issuerRef.name=corp-ca,admissionWebhook.certManager.issuerRef.kind=ClusterIssuer",
+        "tls.certManager.enabled=true,tls.certManager.issuerRef.name=corp-ca,tls.certManager.issuerRef.kind=ClusterIssuer",
     ]));
     assert!(of_kind(&docs, "Issuer").is_empty());
     assert_eq!(

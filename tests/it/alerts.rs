@@ -138,16 +138,8 @@ async fn no_alert_fires_on_the_series_of_a_real_fresh_install() {
     let running = datastorage::operator::start(
         client,
         datastorage::operator::Options {
-            datastorage: missing.clone(),
-            namespace: Some(missing),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            model_dir: None,
-            leader_election: None,
-            checkpoint: None,
-            api_limits: datastorage::http::Limits::API,
-            ops_limits: datastorage::http::Limits::OPS,
-            admission: None,
+            namespace: Some(missing.clone()),
+            ..datastorage::operator::Options::local(missing)
         },
     )
     .await

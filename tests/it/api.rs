@@ -84,12 +84,29 @@ pub(crate) fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_767_225_600 + secs, 0).unwrap()
 }
 
-/// A ServiceAccount in `ns` and a token for it.
+/// A ServiceAccount in `ns` and a token for it, minted for the query API's audience.
 pub(crate) fn service_account(ns: &str, name: &str) -> String {
     kubectl(&["-n", ns, "create", "serviceaccount", name], None);
-    kubectl(&["-n", ns, "create", "token", name, "--duration=1h"], None)
-        .trim()
-        .to_string()
+    api_token(ns, name)
+}
+
+/// A token of ServiceAccount `ns/name` for the query API (audience `datastorage`, one hour).
+pub(crate) fn api_token(ns: &str, name: &str) -> String {
+    kubectl(
+        &[
+            "-n",
+            ns,
+            "create",
+            "token",
+            name,
+            "--duration=1h",
+            "--audience",
+            datastorage::api::auth::DEFAULT_AUDIENCE,
+        ],
+        None,
+    )
+    .trim()
+    .to_string()
 }
 
 /// Waits until RBAC answers `expected` for `kubectl auth can-i list remediationaudits` as that ServiceAccount.

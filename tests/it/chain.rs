@@ -488,23 +488,7 @@ async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
     }
     let cp = env.checkpoint_now().await;
     assert!(cp.count >= 4, "{cp:?}");
-    kubectl(&["-n", &ns, "create", "serviceaccount", "auditor"], None);
-    kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            &format!("{ns}-auditor"),
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={ns}:auditor"),
-        ],
-        None,
-    );
-    let token = kubectl(
-        &["-n", &ns, "create", "token", "auditor", "--duration=1h"],
-        None,
-    )
-    .trim()
-    .to_string();
+    let (token, binding) = env.cluster_admin_token("auditor");
     let server = env.api_url();
     let verify = |id: i64| {
         let id = id.to_string();
@@ -578,10 +562,7 @@ async fn kubectl_audit_verify_detects_each_tamper_against_the_checkpoint() {
         out.contains(&format!("audit {d} is missing from the store")) && out.contains("checkpoint"),
         "{out}"
     );
-    kubectl(
-        &["delete", "clusterrolebinding", &format!("{ns}-auditor")],
-        None,
-    );
+    kubectl(&["delete", "clusterrolebinding", &binding], None);
 }
 
 /// A RemediationAudit rejected as a duplicate is stored once its holder's resource is deleted (the controller

@@ -329,12 +329,40 @@ fn helm_test_pod_checks_the_release_through_its_service() {
         args[1],
         "--metrics-url=http://$(DS_DATASTORAGE_OPERATOR_SERVICE_HOST):8081"
     );
+    // The query API over TLS (the default), verified against the release's CA (only ca.crt of the Secret is
+    // mounted) for the Service's name.
+    assert_eq!(
+        args[2],
+        "--api-url=https://$(DS_DATASTORAGE_OPERATOR_SERVICE_HOST):8080"
+    );
+    assert_eq!(args[3], "--api-ca-file=/etc/datastorage/ca/ca.crt");
+    assert_eq!(
+        args[4],
+        "--api-server-name=ds-datastorage-operator.ds-system.svc"
+    );
+    let volume = &pod["spec"]["volumes"][0]["secret"];
+    assert_eq!(volume["secretName"], "ds-datastorage-operator-tls");
+    assert_eq!(
+        volume["items"],
+        serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}])
+    );
+    assert_eq!(pod["spec"]["enableServiceLinks"], true);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    // Without TLS, plain HTTP and no CA.
+    let docs = documents(&template(&[
+        "--show-only",
+        "templates/tests/smoke-test.yaml",
+        "--set",
+        "api.tls.enabled=false",
+    ]));
+    let pod = of_kind(&docs, "Pod")[0];
+    let args = &pod["spec"]["containers"][0]["args"];
     assert_eq!(
         args[2],
         "--api-url=http://$(DS_DATASTORAGE_OPERATOR_SERVICE_HOST):8080"
     );
-    assert_eq!(pod["spec"]["enableServiceLinks"], true);
-    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(args[3], "--timeout-seconds=60");
+    assert!(pod["spec"].get("volumes").is_none());
 }
 
 /// Every key of values.schema.json has a description, and the chart README's values table is what

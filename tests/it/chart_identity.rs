@@ -66,11 +66,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
     let running = operator::start(
         client,
         operator::Options {
-            datastorage: ns.clone(),
             namespace: Some(ns.clone()),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            model_dir: None,
             leader_election: Some(LeaderElection {
                 namespace: ns.clone(),
                 lease_name: "dsid-datastorage-operator-leader".into(),
@@ -78,9 +74,7 @@ async fn the_operator_works_with_the_charts_service_account_only() {
                 duration_seconds: 10,
             }),
             checkpoint: Some(checkpoint_config(&ns)),
-            api_limits: datastorage::http::Limits::API,
-            ops_limits: datastorage::http::Limits::OPS,
-            admission: None,
+            ..operator::Options::local(ns.clone())
         },
     )
     .await
@@ -151,11 +145,13 @@ async fn the_operator_works_with_the_charts_service_account_only() {
         None,
     );
 
-    // The query API reviews tokens and access with the SA's identity (tokenreviews/subjectaccessreviews create).
+    // The query API reviews tokens and access with the SA's identity (tokenreviews/subjectaccessreviews create);
+    // the caller's token is one for the API's audience (the operator's own is for the API server).
     let url = format!("http://{}/api/v1/audits?namespace={ns}", running.api_addr);
+    let api_token = crate::api::api_token(&ns, "dsid-datastorage-operator");
     let response = reqwest::Client::new()
         .get(&url)
-        .bearer_auth(&token)
+        .bearer_auth(&api_token)
         .send()
         .await
         .unwrap();

@@ -700,15 +700,56 @@ async fn helm_on_a_real_node() {
         .unwrap(),
     )
     .unwrap();
-    let audit = |args: &[&str]| {
+    // The kubeconfig's token is for the API server's audience: it authenticates the proxy request, and the query
+    // API (TLS, audience `datastorage` in the chart's default) refuses it; the forwarded token is one for its
+    // audience.
+    let api_token = kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "token",
+        "cluster-reader",
+        "--audience",
+        datastorage::api::auth::DEFAULT_AUDIENCE,
+    ]);
+    let audit_with = |token: Option<&str>, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-audit"));
         cmd.args(args)
             .arg("--kubeconfig")
             .arg(&reader_kc)
             .env_remove("DATASTORAGE_API_SERVER")
             .env_remove("DATASTORAGE_TOKEN");
+        if let Some(t) = token {
+            cmd.env("DATASTORAGE_TOKEN", t.trim());
+        }
         cmd.output().unwrap()
     };
+    let refused = audit_with(None, &["list", "-o", "json", "--limit", "1"]);
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && refusal.contains("401")
+            && refusal.contains("audience datastorage"),
+        "a token minted for the API server's audience must be refused: {refusal}"
+    );
+    let plain = run_raw(
+        &kubebin("kubectl"),
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/services/http:{RELEASE}:8080/proxy/api/v1/audits"),
+        ],
+    );
+    assert!(
+        !plain.status.success(),
+        "the query API answered plain HTTP: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    println!(
+        "query API: plain HTTP refused ({}), an API-server-audience token refused (401)",
+        String::from_utf8_lossy(&plain.stderr).trim()
+    );
+    let audit = |args: &[&str]| audit_with(Some(&api_token), args);
     let ok_json = |args: &[&str]| -> Value {
         let out = audit(args);
         assert!(

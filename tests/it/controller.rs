@@ -575,16 +575,8 @@ async fn readyz_names_a_missing_or_failing_datastorage() {
     let lonely = datastorage::operator::start(
         env.client.clone(),
         datastorage::operator::Options {
-            datastorage: missing.clone(),
             namespace: Some(env.ns.clone()),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            model_dir: None,
-            leader_election: None,
-            checkpoint: None,
-            admission: None,
-            api_limits: datastorage::http::Limits::API,
-            ops_limits: datastorage::http::Limits::OPS,
+            ..datastorage::operator::Options::local(missing.clone())
         },
     )
     .await

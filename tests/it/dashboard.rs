@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::support::chart::{kubebin, repo_path};
-use crate::support::kube::{TestEnv, audit_yaml, eventually, kubectl, kubectl_raw};
+use crate::support::kube::{TestEnv, audit_yaml, eventually, kubectl_raw};
 use datastorage::embed::EmbedMetrics;
 use datastorage::metrics::Metrics;
 use regex::Regex;
@@ -478,23 +478,7 @@ async fn every_panel_returns_series_from_a_real_prometheus_scraping_the_operator
     env.wait_state("d-secret", "Persisted", wait).await;
     env.wait_state("d-bad", "Rejected", wait).await;
 
-    let sa = "dashboard-reader";
-    env.kubectl(&["create", "serviceaccount", sa], None);
-    let binding = format!("{}-reader", env.ns);
-    kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            &binding,
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={}:{sa}", env.ns),
-        ],
-        None,
-    );
-    let token = env
-        .kubectl(&["create", "token", sa], None)
-        .trim()
-        .to_string();
+    let (token, binding) = env.cluster_admin_token("dashboard-reader");
     let http = reqwest::Client::new();
     let base = env.api_url();
     let id = stored["status"]["auditId"].as_i64().unwrap();

@@ -33,3 +33,4 @@ mod leader;
 mod metrics;
 mod rbac;
 mod store;
+mod transport;

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::support::kube::{
-    EnvOptions, TestEnv, audit_yaml, dstore_condition, eventually, kubectl, kubectl_raw,
-    patch_dstore,
+    EnvOptions, TestEnv, audit_yaml, dstore_condition, eventually, kubectl_raw, patch_dstore,
 };
 
 /// `name{labels} value` lines of a scrape, keyed by the whole series text.
@@ -74,23 +73,7 @@ async fn the_named_metrics_move_with_the_workload() {
     env.wait_state("bad-1", "Rejected", wait).await;
 
     // Query API: one authorized list, one without a token.
-    let sa = "metrics-reader";
-    env.kubectl(&["create", "serviceaccount", sa], None);
-    let binding = format!("{}-reader", env.ns);
-    kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            &binding,
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={}:{sa}", env.ns),
-        ],
-        None,
-    );
-    let token = env
-        .kubectl(&["create", "token", sa], None)
-        .trim()
-        .to_string();
+    let (token, binding) = env.cluster_admin_token("metrics-reader");
     let http = reqwest::Client::new();
     let list = format!("{}/api/v1/audits?namespace={}", env.api_url(), env.ns);
     let ok = http.get(&list).bearer_auth(&token).send().await.unwrap();

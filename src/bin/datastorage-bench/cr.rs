@@ -733,18 +733,11 @@ pub async fn cr_to_persisted(
     install_datastorage(&bench_client, database_url, p.embed_timeout.as_deref()).await?;
     let running = operator::start(
         operator_client,
+        // Checkpoints (every 300 s in the chart) take one short lock per interval: none within a bench run.
         operator::Options {
-            datastorage: DATASTORAGE.into(),
             namespace: Some(NS.into()),
-            metrics_addr: "127.0.0.1:0".parse()?,
-            api_addr: "127.0.0.1:0".parse()?,
             model_dir: Some(model_dir.into()),
-            leader_election: None,
-            // Checkpoints (every 300 s in the chart) take one short lock per interval: none within a bench run.
-            checkpoint: None,
-            api_limits: datastorage::http::Limits::API,
-            ops_limits: datastorage::http::Limits::OPS,
-            admission: None,
+            ..operator::Options::local(DATASTORAGE)
         },
     )
     .await?;

@@ -157,6 +157,7 @@ pub struct TestEnv {
     pub client: Client,
     pub api_limits: datastorage::http::Limits,
     pub admission: Option<operator::Admission>,
+    pub api_tls: Option<datastorage::tls::ServingTls>,
 }
 
 pub struct EnvOptions {
@@ -169,6 +170,8 @@ pub struct EnvOptions {
     pub api_limits: datastorage::http::Limits,
     /// Serve the admission webhook from the in-process operator.
     pub admission: Option<operator::Admission>,
+    /// Serve the query API over TLS (`api_url` is then https).
+    pub api_tls: Option<datastorage::tls::ServingTls>,
 }
 
 impl Default for EnvOptions {
@@ -179,6 +182,7 @@ impl Default for EnvOptions {
             url: None,
             api_limits: datastorage::http::Limits::API,
             admission: None,
+            api_tls: None,
         }
     }
 }
@@ -230,6 +234,7 @@ impl TestEnv {
             client,
             api_limits: opts.api_limits,
             admission: opts.admission.clone(),
+            api_tls: opts.api_tls.clone(),
         };
         if opts.start_operator {
             env.start_operator().await;
@@ -250,18 +255,16 @@ impl TestEnv {
         operator::start(
             self.client.clone(),
             operator::Options {
-                datastorage: self.ns.clone(),
                 namespace: Some(self.ns.clone()),
-                metrics_addr: "127.0.0.1:0".parse().unwrap(),
-                api_addr: "127.0.0.1:0".parse().unwrap(),
                 model_dir: std::env::var("DATASTORAGE_MODEL_DIR").ok(),
                 leader_election,
                 // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
                 // (`checkpoint_now`), so that tests control what a checkpoint covers.
                 checkpoint: Some(self.checkpoint_config()),
                 api_limits: self.api_limits,
-                ops_limits: datastorage::http::Limits::OPS,
                 admission: self.admission.clone(),
+                api_tls: self.api_tls.clone(),
+                ..operator::Options::local(self.ns.clone())
             },
         )
         .await
@@ -289,10 +292,47 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// A ServiceAccount `sa` of this namespace bound to cluster-admin (ClusterRoleBinding `<ns>-<sa>`, which the
+    /// test deletes at its end) and a token of it for the query API's audience.
+    pub fn cluster_admin_token(&self, sa: &str) -> (String, String) {
+        self.kubectl(&["create", "serviceaccount", sa], None);
+        let binding = format!("{}-{sa}", self.ns);
+        kubectl(
+            &[
+                "create",
+                "clusterrolebinding",
+                &binding,
+                "--clusterrole=cluster-admin",
+                &format!("--serviceaccount={}:{sa}", self.ns),
+            ],
+            None,
+        );
+        let token = self
+            .kubectl(
+                &[
+                    "create",
+                    "token",
+                    sa,
+                    "--duration=1h",
+                    "--audience",
+                    datastorage::api::auth::DEFAULT_AUDIENCE,
+                ],
+                None,
+            )
+            .trim()
+            .to_string();
+        (token, binding)
+    }
+
     /// Base URL of the in-process operator's query API, e.g. `http://127.0.0.1:41234`.
     pub fn api_url(&self) -> String {
         let op = self.operator.as_ref().expect("the operator is not running");
-        format!("http://{}", op.api_addr)
+        let scheme = if self.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", op.api_addr)
     }
 
     pub fn stop_operator(&mut self) {

@@ -1,5 +1,6 @@
-//! The webhook's serving certificate when the operator manages it itself (the chart's default; with cert-manager the
-//! certificate is a mounted Secret and the CA bundle is injected by cert-manager's CA injector).
+//! The Service's serving certificate (the query API and the admission webhook) when the operator manages it itself
+//! (the chart's default; with cert-manager the certificate is a mounted Secret and the webhook's CA bundle is injected
+//! by cert-manager's CA injector).
 //!
 //! Every replica must serve a certificate signed by the one CA in the webhook configuration's `caBundle`, so the CA
 //! and the serving certificate live in one Secret of the release namespace: the first replica to start generates them
@@ -21,7 +22,7 @@ use rcgen::{
 };
 use serde_json::json;
 
-use super::server::TlsPem;
+use super::TlsPem;
 
 /// The Secret's keys (those of a `kubernetes.io/tls` Secret, plus the CA).
 pub const CA_KEY: &str = "ca.crt";
@@ -42,7 +43,7 @@ pub fn generate(dns_names: &[String]) -> Result<Bundle, rcgen::Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name
-        .push(DnType::CommonName, "datastorage admission webhook CA");
+        .push(DnType::CommonName, "datastorage serving CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -179,6 +180,6 @@ mod tests {
         let b = generate(&service_dns_names("ds", "ds-system")).unwrap();
         assert!(b.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(b.serving.key.contains("PRIVATE KEY"));
-        super::super::server::tls_config(&b.serving).unwrap();
+        super::super::server_config(&b.serving).unwrap();
     }
 }
