@@ -847,3 +847,76 @@ async fn fifty_large_lists_do_not_push_new_audits_into_retrying() {
         "only answers, throttling or overload: {statuses:?}"
     );
 }
+
+/// Pages with `details` are the API's heaviest reads: one at a time API-wide, at most 4 a second
+/// (`DETAIL_PAGES_IN_PROGRESS`, `DETAIL_PAGE_INTERVAL`); a page waits up to `DETAIL_PAGE_WAIT` (1 s) for its turn,
+/// so of 8 at once at most 5 can be served and the rest are told to retry (429 + Retry-After); lists without
+/// details are not limited, and a client paging one page after another is only slowed (the walk in
+/// `answers_are_bounded_headed_and_safe_to_print`). The flood test's large-list phase measured write p95 at 236×
+/// idle without this (`tests/it/flood.rs`, docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_with_details_are_rate_limited_api_wide_and_plain_pages_are_not() {
+    let env = TestEnv::new("detail-pages").await;
+    let rt = runtime(&env).await;
+    for i in 0..3 {
+        insert_generations(&rt, &env.ns, &format!("big-{i}"), 10_000, 1, "OOM").await;
+    }
+    let (token, binding) = env.cluster_admin_token("pager");
+    wait_can_i(&env.ns, "pager", &["-n", &env.ns], true);
+    let http = reqwest::Client::new();
+    let burst = |details: bool| {
+        let url = format!(
+            "{}/api/v1/audits?namespace={}{}",
+            env.api_url(),
+            env.ns,
+            if details { "&fields=details" } else { "" }
+        );
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let requests = (0..datastorage::api::PER_CALLER_CONCURRENCY).map(|_| {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                async move {
+                    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                    let retry_after = r.headers().get("retry-after").cloned();
+                    (r.status().as_u16(), retry_after, r.text().await.unwrap())
+                }
+            });
+            futures::future::join_all(requests).await
+        }
+    };
+    let plain = burst(false).await;
+    assert!(plain.iter().all(|(s, _, _)| *s == 200), "{plain:?}");
+    let detailed = burst(true).await;
+    let ok = detailed.iter().filter(|(s, _, _)| *s == 200).count();
+    let throttled: Vec<_> = detailed.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(ok >= 1, "{detailed:?}");
+    assert!(
+        throttled.len() >= 3,
+        "8 pages with details at once: at most 5 fit in the 1 s wait: {detailed:?}"
+    );
+    assert_eq!(
+        ok + throttled.len(),
+        datastorage::api::PER_CALLER_CONCURRENCY,
+        "{detailed:?}"
+    );
+    for (_, retry_after, body) in &throttled {
+        assert!(retry_after.is_some(), "429 without Retry-After");
+        assert!(body.contains("fields=details"), "{body}");
+    }
+    // Once the interval has passed, a page with details is served again.
+    tokio::time::sleep(datastorage::api::DETAIL_PAGE_INTERVAL + Duration::from_millis(100)).await;
+    let again = http
+        .get(format!(
+            "{}/api/v1/audits?namespace={}&fields=details",
+            env.api_url(),
+            env.ns
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let page: Value = again.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 3, "{page}");
+    kubectl(&["delete", "clusterrolebinding", &binding], None);
+}
