@@ -84,10 +84,10 @@ pub struct Admission {
 pub use crate::tls::ServingTls;
 
 /// How long a stopping replica keeps serving. On SIGTERM `/readyz` answers 503 at once and the controllers finish
-/// their reconciles in progress and stop (the leader gives up the Lease when the process ends); the HTTP ports go on
-/// accepting for `drain_delay` (the endpoints controller and kube-proxy take the replica out of the Service in
-/// the meantime), then accept nothing more and wait up to `drain_timeout` for the requests in progress. The chart's
-/// `terminationGracePeriodSeconds` (30) covers both.
+/// their reconciles in progress and stop (the Lease is released once nothing holds the leader channel any more, at
+/// the latest when the process ends); the HTTP ports go on accepting for `drain_delay` (the endpoints controller
+/// and kube-proxy take the replica out of the Service in the meantime), then accept nothing more and wait up to
+/// `drain_timeout` for the requests in progress. The chart's `terminationGracePeriodSeconds` (30) covers both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownTimes {
     pub drain_delay: std::time::Duration,
