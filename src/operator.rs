@@ -104,22 +104,16 @@ impl ShutdownTimes {
 /// Sets the self-managed CA into the webhook configuration's `caBundle` (reads the Secret, creating it when no
 /// replica has yet). Nothing to do for a mounted certificate: cert-manager's CA injector sets it.
 async fn inject_ca_bundle(client: &Client, tls: &ServingTls) -> anyhow::Result<()> {
-    let ServingTls::SelfManaged {
-        namespace,
-        secret,
-        service,
-        webhook_configuration,
-    } = tls
+    let (
+        ServingTls::SelfManaged {
+            webhook_configuration,
+            ..
+        },
+        Some(bundle),
+    ) = (tls, tls.self_managed(client).await?)
     else {
         return Ok(());
     };
-    let bundle = crate::tls::certs::ensure_secret(
-        client,
-        namespace,
-        secret,
-        &crate::tls::certs::service_dns_names(service, namespace),
-    )
-    .await?;
     crate::tls::certs::inject_ca_bundle(client, webhook_configuration, &bundle.ca_pem).await
 }
 

@@ -56,17 +56,39 @@ impl ServingTls {
                 service,
                 ..
             } => {
-                certs::ensure_secret(
-                    client,
-                    namespace,
-                    secret,
-                    &certs::service_dns_names(service, namespace),
-                )
-                .await?
-                .serving
+                self_managed_bundle(client, namespace, secret, service)
+                    .await?
+                    .serving
             }
         })
     }
+
+    /// The CA and certificate of `SelfManaged`, from its Secret (created when no replica has yet); `None` for a
+    /// certificate that is not the operator's.
+    pub async fn self_managed(&self, client: &Client) -> anyhow::Result<Option<certs::Bundle>> {
+        match self {
+            ServingTls::SelfManaged {
+                namespace,
+                secret,
+                service,
+                ..
+            } => Ok(Some(
+                self_managed_bundle(client, namespace, secret, service).await?,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Secret `namespace/secret`'s bundle for Service `service`, created when absent.
+async fn self_managed_bundle(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    service: &str,
+) -> anyhow::Result<certs::Bundle> {
+    let names = certs::service_dns_names(service, namespace);
+    certs::ensure_secret(client, namespace, secret, &names).await
 }
 
 /// The rustls configuration of a serving port (TLS 1.2+, HTTP/1.1, ring).

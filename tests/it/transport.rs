@@ -1,7 +1,6 @@
 //! The query API's transport (issue 19): tokens only for its audience, HTTPS only when TLS is on, and a graceful
 //! shutdown that finishes the requests in progress. Against the test control plane, the operator in-process.
 
-use std::io::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -125,10 +124,7 @@ async fn with_tls_on_the_query_api_answers_only_https_with_its_certificate() {
     let (token, binding) = env.cluster_admin_token("tls-reader");
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.crt");
-    std::fs::File::create(&ca_file)
-        .unwrap()
-        .write_all(bundle.ca_pem.as_bytes())
-        .unwrap();
+    std::fs::write(&ca_file, &bundle.ca_pem).unwrap();
     let running = env.operator.as_ref().unwrap();
     let addr = running.api_addr;
     let https = format!("https://localhost:{}", addr.port());
