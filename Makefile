@@ -42,13 +42,13 @@ crds:
 	cargo run --quiet --bin datastorage -- crd --out-dir crds
 	@$(MAKE) --no-print-directory chart-files
 
-# The chart ships byte-copies of the CRDs (in its crds/: see the chart's README), the dashboard and the alert rules
+# The chart ships byte-copies of the CRDs (in its crds/: see the chart's README), the dashboards and the alert rules
 # (tests fail when they drift), and a README generated from values.schema.json.
 chart-files:
 	mkdir -p $(CHART)/crds
 	rm -f $(CHART)/crds/*.yaml
 	cp crds/*.yaml $(CHART)/crds/
-	cp config/grafana/datastorage-dashboard.json $(CHART)/files/
+	cp config/grafana/datastorage-dashboard.json config/grafana/remediation-effectiveness-dashboard.json $(CHART)/files/
 	cp config/prometheus/alerts.yaml $(CHART)/files/
 	hack/chart-readme.py
 

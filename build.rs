@@ -5,7 +5,7 @@
 //! 2. otherwise `git rev-parse --short=10 HEAD` of the source tree;
 //! 3. otherwise `unknown` (no git, not a repository).
 //!
-//! The build script is re-run when HEAD moves (a commit, a checkout), so the binary never reports a stale commit;
+//! Also re-run when `migrations/` changes (see `main`). The build script is re-run when HEAD moves (a commit, a checkout), so the binary never reports a stale commit;
 //! the price is that each commit recompiles this crate once.
 use std::process::Command;
 
@@ -20,6 +20,9 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DATASTORAGE_GIT_COMMIT");
+    // `sqlx::migrate!` embeds migrations/ at compile time but does not tell cargo: a new migration file must
+    // rebuild the crate (sqlx's documented remedy).
+    println!("cargo:rerun-if-changed=migrations");
     let from_env = std::env::var("DATASTORAGE_GIT_COMMIT")
         .ok()
         .filter(|s| !s.trim().is_empty());

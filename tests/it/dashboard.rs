@@ -283,6 +283,10 @@ fn chart_ships_the_same_dashboard_and_alerts() {
             "charts/datastorage-operator/files/datastorage-dashboard.json",
         ),
         (
+            "config/grafana/remediation-effectiveness-dashboard.json",
+            "charts/datastorage-operator/files/remediation-effectiveness-dashboard.json",
+        ),
+        (
             "config/prometheus/alerts.yaml",
             "charts/datastorage-operator/files/alerts.yaml",
         ),

@@ -96,19 +96,46 @@ fn rendered_deployment_is_restricted_and_monitoring_needs_its_api() {
         .into_iter()
         .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
         .collect();
-    assert_eq!(dash.len(), 1);
-    let json: Value = serde_json::from_str(
-        dash[0]["data"]["datastorage-dashboard.json"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    // The chart ships the dashboard and the alert rules whole (as many panels and rules as the sources).
-    let source: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_path("config/grafana/datastorage-dashboard.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(json["panels"], source["panels"]);
+    // The metrics dashboard and the remediation effectiveness one (SQL), one ConfigMap each.
+    assert_eq!(dash.len(), 2);
+    let shipped = |key: &str| -> Value {
+        let cm = dash
+            .iter()
+            .find(|c| c["data"].get(key).is_some())
+            .unwrap_or_else(|| panic!("no ConfigMap holds {key}"));
+        assert_eq!(cm["data"].as_object().unwrap().len(), 1, "{key}");
+        serde_json::from_str(cm["data"][key].as_str().unwrap()).unwrap()
+    };
+    // The chart ships the dashboards and the alert rules whole (as many panels and rules as the sources).
+    for key in [
+        "datastorage-dashboard.json",
+        "remediation-effectiveness-dashboard.json",
+    ] {
+        let source: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_path(&format!("config/grafana/{key}"))).unwrap(),
+        )
+        .unwrap();
+        let json = shipped(key);
+        assert_eq!(json["panels"], source["panels"], "{key}");
+        assert_eq!(json, source, "{key}");
+    }
+    // The effectiveness dashboard has its own toggle.
+    let without = documents(&crate::support::chart::template(&[
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+        "--set",
+        "grafanaDashboard.remediationEffectiveness.enabled=false",
+    ]));
+    let dash_without: Vec<_> = of_kind(&without, "ConfigMap")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dash_without.len(), 1);
+    assert!(
+        dash_without[0]["data"]
+            .get("datastorage-dashboard.json")
+            .is_some()
+    );
     let rule_count = |groups: &Value| -> usize {
         groups
             .as_array()
@@ -226,6 +253,7 @@ fn chart_installs_grants_least_privilege_upgrades_crds_and_uninstalls() {
         "serviceaccount/ds-datastorage-operator",
         "configmap/ds-datastorage-operator",
         "configmap/ds-datastorage-operator-dashboard",
+        "configmap/ds-datastorage-operator-remediation-dashboard",
         "secret/ds-datastorage-operator-db",
         "servicemonitor/ds-datastorage-operator",
         "prometheusrule/ds-datastorage-operator",

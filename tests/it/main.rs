@@ -22,6 +22,7 @@ mod cluster;
 mod controller;
 mod crds;
 mod dashboard;
+mod effectiveness_dashboard;
 mod embedding_backends;
 mod embeddings;
 mod faults;
