@@ -21,7 +21,7 @@ use prometheus::{
 use crate::audit::sanitize::SecretKind;
 
 /// `operation` label values of `datastorage_query_total` / `datastorage_query_duration_seconds`.
-pub const QUERY_OPERATIONS: [&str; 3] = ["list", "get", "search"];
+pub const QUERY_OPERATIONS: [&str; 4] = ["list", "get", "search", "insights"];
 /// `status` label values of `datastorage_query_total` (`success` and `Problem::metric_status`).
 pub const QUERY_STATUSES: [&str; 5] = [
     "success",

@@ -3,6 +3,8 @@
 //! - `GET  /api/v1/audits` — filters + keyset pagination (`cursor`, `nextCursor`), newest first;
 //! - `GET  /api/v1/audits/{id}` — the audit, its history and the verification of its hash chain;
 //! - `POST /api/v1/audits/search` — semantic search by free text or "similar to audit N", with filters;
+//! - `POST /api/v1/audits/insights` — for the audits most like a situation, which actions were tried and how
+//!   often each worked (ranked by the Wilson lower bound, see [`insight`]);
 //! - `GET  /openapi.json` — the OpenAPI 3 document (also checked in as `docs/openapi.json`).
 //!
 //! Every `/api/v1` request needs a bearer token (TokenReview); what it returns is limited to the namespaces in
@@ -13,6 +15,7 @@
 //! [`crate::http`]; reads use the store's own read pool with a statement timeout, apart from the writers' pool.
 
 pub mod auth;
+pub mod insight;
 pub mod params;
 pub mod problem;
 pub mod types;
@@ -34,12 +37,15 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::runtime::{Context, StoreRuntime};
+use crate::store::insights::Neighbours;
 use crate::store::list::PageOptions;
 use crate::store::search::SearchParams;
 use auth::{Auth, FORWARDED_TOKEN_HEADER, Scope, User};
-use params::SearchQuery;
+use params::{InsightQuery, SearchQuery};
 use problem::Problem;
-use types::{Audit, GetResponse, HistoryItem, ListResponse, SearchHit, SearchResponse};
+use types::{
+    Audit, GetResponse, HistoryItem, InsightResponse, ListResponse, SearchHit, SearchResponse,
+};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -111,6 +117,7 @@ pub fn router(ctx: Arc<Context>, token_audiences: Vec<String>) -> Router {
     Router::new()
         .route("/api/v1/audits", get(list))
         .route("/api/v1/audits/search", post(search))
+        .route("/api/v1/audits/insights", post(insights))
         .route("/api/v1/audits/{id}", get(get_one))
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
@@ -573,53 +580,12 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) 
         }
         let (vector, exclude_id, model_id) = match &req.query {
             SearchQuery::Text(text) => {
-                let embedder = rt.embedder.as_ref().ok_or_else(|| {
-                    Problem::unavailable(
-                        "semantic search is unavailable: embeddings are disabled in the DataStorage",
-                    )
-                })?;
-                let texts = [text.clone()];
-                let vectors = tokio::time::timeout(EMBED_TIMEOUT, embedder.embed(&texts))
-                    .await
-                    .map_err(|_| Problem::unavailable("the embedding provider did not answer in time"))?
-                    .map_err(|e| Problem::unavailable(format!("the embedding provider failed: {e}")))?;
-                let v = vectors.into_iter().next().ok_or_else(|| {
-                    Problem::unavailable("the embedding provider returned no vector")
-                })?;
-                (v, None, embedder.model_id().to_string())
+                let (v, model) = embed_query(&rt, text).await?;
+                (v, None, model)
             }
             SearchQuery::SimilarTo(id) => {
-                let id = *id;
-                let missing = || {
-                    let mut p = not_found(id);
-                    p.parameter = Some("similarToId".into());
-                    p
-                };
-                let ns = rt.store.namespace_of(id).await?.ok_or_else(missing)?;
-                if !s.may_read(&user, &ns).await? {
-                    return Err(missing());
-                }
-                let (v, model) = rt.store.embedding_of(id).await?.ok_or_else(|| {
-                    Problem::bad_parameter(
-                        "similarToId",
-                        format!("audit {id} has no embedding vector yet (pending backfill or embeddings disabled)"),
-                    )
-                })?;
-                // During a model switch an audit may still hold the old model's vector: it is comparable only with
-                // the old model's vectors, which the backfill is replacing, so answer "not yet" rather than mix.
-                if let Some(e) = rt.embedder.as_ref()
-                    && e.model_id() != model
-                {
-                    return Err(Problem::bad_parameter(
-                        "similarToId",
-                        format!(
-                            "audit {id}'s vector is from model {model}; the store now embeds with {} and the \
-                             backfill has not re-embedded it yet",
-                            e.model_id()
-                        ),
-                    ));
-                }
-                (v, Some(id), model)
+                let (v, model) = s.vector_of(&user, &rt, *id).await?;
+                (v, Some(*id), model)
             }
         };
         let params = SearchParams {
@@ -634,6 +600,153 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) 
         note(&access, |a| a.results = Some(results.len()));
         Ok(SearchResponse {
             results: results.into_iter().map(SearchHit::from).collect(),
+        })
+    })
+    .await
+}
+
+/// The vector of a free-text query, from the DataStorage's embedder, and the model that made it.
+async fn embed_query(rt: &StoreRuntime, text: &str) -> Result<(Vec<f32>, String), Problem> {
+    let embedder = rt.embedder.as_ref().ok_or_else(|| {
+        Problem::unavailable(
+            "semantic search is unavailable: embeddings are disabled in the DataStorage",
+        )
+    })?;
+    let texts = [text.to_string()];
+    let vectors = tokio::time::timeout(EMBED_TIMEOUT, embedder.embed(&texts))
+        .await
+        .map_err(|_| Problem::unavailable("the embedding provider did not answer in time"))?
+        .map_err(|e| Problem::unavailable(format!("the embedding provider failed: {e}")))?;
+    let v = vectors
+        .into_iter()
+        .next()
+        .ok_or_else(|| Problem::unavailable("the embedding provider returned no vector"))?;
+    Ok((v, embedder.model_id().to_string()))
+}
+
+impl ApiState {
+    /// The stored vector of audit `id` for "similar to audit N" (404 naming `similarToId` when it is missing or
+    /// in a namespace the caller may not read), and its model.
+    async fn vector_of(
+        &self,
+        user: &User,
+        rt: &StoreRuntime,
+        id: i64,
+    ) -> Result<(Vec<f32>, String), Problem> {
+        let missing = || {
+            let mut p = not_found(id);
+            p.parameter = Some("similarToId".into());
+            p
+        };
+        let ns = rt.store.namespace_of(id).await?.ok_or_else(missing)?;
+        if !self.may_read(user, &ns).await? {
+            return Err(missing());
+        }
+        let (v, model) = rt.store.embedding_of(id).await?.ok_or_else(|| {
+            Problem::bad_parameter(
+                "similarToId",
+                format!("audit {id} has no embedding vector yet (pending backfill or embeddings disabled)"),
+            )
+        })?;
+        // During a model switch an audit may still hold the old model's vector: it is comparable only with the
+        // old model's vectors, which the backfill is replacing, so answer "not yet" rather than mix.
+        if let Some(e) = rt.embedder.as_ref()
+            && e.model_id() != model
+        {
+            return Err(Problem::bad_parameter(
+                "similarToId",
+                format!(
+                    "audit {id}'s vector is from model {model}; the store now embeds with {} and the backfill has \
+                     not re-embedded it yet",
+                    e.model_id()
+                ),
+            ));
+        }
+        Ok((v, model))
+    }
+}
+
+/// Body of an insight query: a few hundred bytes, like a search.
+pub const MAX_INSIGHT_BODY_BYTES: usize = MAX_SEARCH_BODY_BYTES;
+
+async fn insights(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) -> Response {
+    let access = Mutex::new(Access::default());
+    s.observe("insights", &headers, &access, async {
+        // As search: authenticate before the body is read, scope before the model runs.
+        let (user, _permit) = s.caller(&headers).await?;
+        note(&access, |a| a.user = Some(user.username.clone()));
+        let body = read_body(body, MAX_INSIGHT_BODY_BYTES).await?;
+        let req = params::parse_insight(&body, chrono::Utc::now())?;
+        note(&access, |a| {
+            a.namespace = req.filters.namespace.clone();
+            if let InsightQuery::SimilarTo(id) = req.query {
+                a.id = Some(id);
+            }
+        });
+        let rt = s.runtime()?;
+        let scope = s
+            .scope(&user, &rt, req.filters.namespace.as_deref())
+            .await?;
+        let mut filters = req.filters.filters;
+        filters.namespaces = scope_filter(scope);
+        let since = filters.since.unwrap_or_else(chrono::Utc::now);
+        let until = filters.until;
+        let counts = if filters.namespaces.as_ref().is_some_and(Vec::is_empty) {
+            crate::store::insights::InsightCounts::default()
+        } else {
+            let neighbours = match req.query {
+                InsightQuery::Text(text) => {
+                    let (vector, model_id) = embed_query(&rt, &text).await?;
+                    Neighbours::Vector {
+                        vector,
+                        model_id,
+                        exclude_id: None,
+                        min_similarity: req.min_similarity,
+                        ef_search: rt.ef_search,
+                        halfvec: rt.halfvec,
+                    }
+                }
+                InsightQuery::SimilarTo(id) => {
+                    let (vector, model_id) = s.vector_of(&user, &rt, id).await?;
+                    Neighbours::Vector {
+                        vector,
+                        model_id,
+                        exclude_id: Some(id),
+                        min_similarity: req.min_similarity,
+                        ef_search: rt.ef_search,
+                        halfvec: rt.halfvec,
+                    }
+                }
+                InsightQuery::Alert {
+                    alert_name,
+                    target_kind,
+                } => Neighbours::Alert {
+                    alert_name,
+                    target_kind,
+                },
+            };
+            rt.store
+                .insight_counts(&neighbours, &filters, req.limit)
+                .await?
+        };
+        let matched_alerts = counts
+            .matched
+            .into_iter()
+            .map(|m| types::MatchedAlert {
+                alert_name: m.alert_name,
+                seeds: m.seeds,
+            })
+            .collect();
+        let (actions, neighbours, similarity) = insight::rank(counts.actions);
+        note(&access, |a| a.results = Some(actions.len()));
+        Ok(InsightResponse {
+            matched_alerts,
+            verdict: insight::verdict(&actions, neighbours),
+            neighbours,
+            similarity,
+            since,
+            until,
+            actions,
         })
     })
     .await

@@ -266,19 +266,7 @@ pub fn parse_search(body: &[u8]) -> Result<SearchRequest, Problem> {
             continue;
         }
         match key.as_str() {
-            "query" => {
-                let q = v
-                    .as_str()
-                    .map(str::trim)
-                    .filter(|q| !q.is_empty() && q.len() <= MAX_QUERY_CHARS)
-                    .ok_or_else(|| {
-                        Problem::bad_parameter(
-                            key,
-                            format!("query must be a non-empty string of at most {MAX_QUERY_CHARS} bytes"),
-                        )
-                    })?;
-                text = Some(q.to_string());
-            }
+            "query" => text = Some(query_text(key, v)?),
             "similarToId" => {
                 similar = Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
                     Problem::bad_parameter(
@@ -334,6 +322,210 @@ pub fn parse_search(body: &[u8]) -> Result<SearchRequest, Problem> {
         limit: lim,
         min_similarity,
     })
+}
+
+/// What an insight query's neighbours are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsightQuery {
+    Text(String),
+    SimilarTo(i64),
+    Alert {
+        alert_name: String,
+        target_kind: Option<String>,
+    },
+}
+
+/// Neighbours an insight considers unless `limit` says otherwise.
+pub const DEFAULT_INSIGHT_NEIGHBOURS: i64 = 200;
+/// The default window of an insight: the last 180 days.
+pub const DEFAULT_INSIGHT_WINDOW_DAYS: i64 = 180;
+/// The longest window: the default retention (seven years); older audits are purged anyway.
+pub const MAX_INSIGHT_WINDOW_DAYS: i64 = 2555;
+
+/// `POST /api/v1/audits/insights`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsightRequest {
+    pub query: InsightQuery,
+    /// The filters; `since` is always set (from `windowDays`, its default, or the caller's `since`).
+    pub filters: Filters,
+    /// Neighbours considered.
+    pub limit: i64,
+    pub min_similarity: Option<f64>,
+}
+
+/// Parses an insight body at time `now` (the window ends now unless `until` says otherwise). Errors are 400s
+/// naming the field, as for search.
+pub fn parse_insight(body: &[u8], now: DateTime<Utc>) -> Result<InsightRequest, Problem> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(Problem::bad_request("the body must be a JSON object"));
+    };
+    let mut filters = Filters::default();
+    let (mut text, mut similar, mut alert, mut kind) = (None, None, None, None);
+    let mut lim = DEFAULT_INSIGHT_NEIGHBOURS;
+    let mut min_similarity = None;
+    let mut window_days = None;
+    for (key, v) in &map {
+        if v.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "query" => text = Some(query_text(key, v)?),
+            "similarToId" => {
+                similar = Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+                    Problem::bad_parameter(key, "similarToId must be a positive integer (an audit id)")
+                })?)
+            }
+            "alertName" => {
+                alert = Some(
+                    v.as_str()
+                        .filter(|a| !a.is_empty() && a.len() <= 255)
+                        .ok_or_else(|| {
+                            Problem::bad_parameter(key, "alertName must be a string of 1 to 255 bytes")
+                        })?
+                        .to_string(),
+                )
+            }
+            "targetKind" => {
+                let ok = |k: &str| {
+                    k.len() <= 63
+                        && k.starts_with(|c: char| c.is_ascii_uppercase())
+                        && k.chars().all(|c| c.is_ascii_alphanumeric())
+                };
+                kind = Some(v.as_str().filter(|k| ok(k)).ok_or_else(|| {
+                    Problem::bad_parameter(
+                        key,
+                        "targetKind must be a Kubernetes kind such as Deployment (a letter A-Z, then letters and \
+                         digits, at most 63)",
+                    )
+                })?.to_string())
+            }
+            "limit" => {
+                lim = v
+                    .as_i64()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_parameter(
+                            key,
+                            format!("limit (the neighbours considered) must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "minSimilarity" => {
+                min_similarity = Some(v.as_f64().filter(|n| (-1.0..=1.0).contains(n)).ok_or_else(
+                    || Problem::bad_parameter(key, "minSimilarity must be a number from -1 to 1"),
+                )?)
+            }
+            "windowDays" => {
+                window_days = Some(
+                    v.as_i64()
+                        .filter(|n| (1..=MAX_INSIGHT_WINDOW_DAYS).contains(n))
+                        .ok_or_else(|| {
+                            Problem::bad_parameter(
+                                key,
+                                format!(
+                                    "windowDays must be an integer from 1 to {MAX_INSIGHT_WINDOW_DAYS} (the default \
+                                     retention)"
+                                ),
+                            )
+                        })?,
+                )
+            }
+            _ => {
+                let Some(s) = v.as_str() else {
+                    return Err(if is_filter(key) {
+                        Problem::bad_parameter(key, format!("{key} must be a string"))
+                    } else {
+                        unknown_insight_field(key)
+                    });
+                };
+                if !filters.apply(key, s)? {
+                    return Err(unknown_insight_field(key));
+                }
+            }
+        }
+    }
+    filters.check_range()?;
+    let query = match (text, similar, alert) {
+        (Some(t), None, None) => InsightQuery::Text(t),
+        (None, Some(id), None) => InsightQuery::SimilarTo(id),
+        (None, None, Some(alert_name)) => InsightQuery::Alert {
+            alert_name,
+            target_kind: kind.take(),
+        },
+        _ => {
+            return Err(Problem::bad_parameter(
+                "query",
+                "give exactly one of query (free text), similarToId (an audit id) and alertName (with an optional \
+                 targetKind)",
+            ));
+        }
+    };
+    if kind.is_some() {
+        return Err(Problem::bad_parameter(
+            "targetKind",
+            "targetKind narrows an alertName; give it with alertName",
+        ));
+    }
+    if min_similarity.is_some() && matches!(query, InsightQuery::Alert { .. }) {
+        return Err(Problem::bad_parameter(
+            "minSimilarity",
+            "minSimilarity applies to query and similarToId; alertName matches exactly",
+        ));
+    }
+    let until = filters.filters.until.unwrap_or(now);
+    match (filters.filters.since, window_days) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_parameter(
+                "windowDays",
+                "give one of since and windowDays",
+            ));
+        }
+        (Some(since), None) => {
+            if until - since > chrono::Duration::days(MAX_INSIGHT_WINDOW_DAYS) {
+                return Err(Problem::bad_parameter(
+                    "since",
+                    format!(
+                        "the window from since to until (or now) is longer than {MAX_INSIGHT_WINDOW_DAYS} days"
+                    ),
+                ));
+            }
+        }
+        (None, days) => {
+            filters.filters.since =
+                Some(until - chrono::Duration::days(days.unwrap_or(DEFAULT_INSIGHT_WINDOW_DAYS)));
+        }
+    }
+    Ok(InsightRequest {
+        query,
+        filters,
+        limit: lim,
+        min_similarity,
+    })
+}
+
+fn query_text(key: &str, v: &Value) -> Result<String, Problem> {
+    v.as_str()
+        .map(str::trim)
+        .filter(|q| !q.is_empty() && q.len() <= MAX_QUERY_CHARS)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                key,
+                format!("query must be a non-empty string of at most {MAX_QUERY_CHARS} bytes"),
+            )
+        })
+}
+
+fn unknown_insight_field(key: &str) -> Problem {
+    Problem::bad_parameter(
+        key,
+        format!(
+            "unknown field {key:?}; known: query, similarToId, alertName, targetKind, limit, minSimilarity, \
+             windowDays, namespace, phase, outcome, severity, cluster, actionType, since, until"
+        ),
+    )
 }
 
 fn is_filter(key: &str) -> bool {
@@ -475,5 +667,59 @@ mod tests {
             assert_eq!(param_of(parse_search(body.as_bytes())), named, "{body}");
         }
         assert_eq!(parse_search(b"[1]").map_err(|p| p.status), Err(400));
+    }
+
+    #[test]
+    fn insight_body_is_validated_and_named() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&Utc);
+        let parse = |body: &str| parse_insight(body.as_bytes(), now);
+        let r = parse(r#"{"query":"pod OOM killed","namespace":"a"}"#)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(r.query, InsightQuery::Text("pod OOM killed".into()));
+        assert_eq!(r.limit, DEFAULT_INSIGHT_NEIGHBOURS);
+        assert_eq!(
+            r.filters.filters.since,
+            Some(now - chrono::Duration::days(180))
+        );
+        let r =
+            parse(r#"{"alertName":"KubePodOOMKilled","targetKind":"Deployment","windowDays":7}"#)
+                .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(
+            r.query,
+            InsightQuery::Alert {
+                alert_name: "KubePodOOMKilled".into(),
+                target_kind: Some("Deployment".into())
+            }
+        );
+        assert_eq!(
+            r.filters.filters.since,
+            Some(now - chrono::Duration::days(7))
+        );
+        let r = parse(r#"{"similarToId":3,"since":"2026-11-01T00:00:00Z","limit":1000}"#)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!((r.query, r.limit), (InsightQuery::SimilarTo(3), 1000));
+        for (body, named) in [
+            (r#"{}"#, "query"),
+            (r#"{"query":"  "}"#, "query"),
+            (r#"{"query":"a","alertName":"X"}"#, "query"),
+            (r#"{"query":"a","targetKind":"Pod"}"#, "targetKind"),
+            (r#"{"alertName":"X","targetKind":"pod"}"#, "targetKind"),
+            (r#"{"alertName":"X","minSimilarity":0.5}"#, "minSimilarity"),
+            (r#"{"similarToId":-1}"#, "similarToId"),
+            (r#"{"query":"a","limit":0}"#, "limit"),
+            (r#"{"query":"a","limit":1001}"#, "limit"),
+            (r#"{"query":"a","windowDays":2556}"#, "windowDays"),
+            (r#"{"query":"a","windowDays":0}"#, "windowDays"),
+            (
+                r#"{"query":"a","windowDays":5,"since":"2026-11-01T00:00:00Z"}"#,
+                "windowDays",
+            ),
+            (r#"{"query":"a","since":"2000-01-01T00:00:00Z"}"#, "since"),
+            (r#"{"query":"a","colour":"red"}"#, "colour"),
+        ] {
+            assert_eq!(param_of(parse(body)), named, "{body}");
+        }
     }
 }

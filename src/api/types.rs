@@ -162,3 +162,108 @@ pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
 }
+
+/// The body of `POST /api/v1/audits/insights` as the CLI sends it (parsed field by field by
+/// `params::parse_insight`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InsightRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similar_to_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_kind: Option<String>,
+    /// Neighbours considered (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_similarity: Option<f64>,
+    /// The window, ending now (default 180).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_days: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// One action type among the neighbours of an insight query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionInsight {
+    pub action_type: String,
+    /// Neighbours with this action.
+    pub attempts: i64,
+    /// Of them, finished (phase Completed or Failed).
+    pub completed: i64,
+    /// Outcome Success.
+    pub succeeded: i64,
+    /// Outcome Failure.
+    pub failed: i64,
+    /// succeeded / (succeeded + failed); `null` when none has either outcome.
+    pub success_rate: Option<f64>,
+    /// The Wilson score interval's lower bound (95 %) of the success rate: what the rows are ranked by, so that
+    /// "1 of 1" does not outrank "45 of 50". `null` when none has either outcome.
+    pub lower_bound: Option<f64>,
+    /// Fewer than 10 audits with an outcome: read the rate with care.
+    pub small_sample: bool,
+    pub median_duration_ms: Option<f64>,
+    pub p90_duration_ms: Option<f64>,
+    pub last_seen: DateTime<Utc>,
+    pub clusters: i64,
+    pub namespaces: i64,
+    /// Up to three audit ids: the nearest (by query or similarToId) or the newest (by alertName).
+    pub examples: Vec<i64>,
+}
+
+/// The similarity range of an insight's neighbours.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SimilarityRange {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// An incident (alert) the neighbours of an insight were narrowed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchedAlert {
+    /// `null`: audits without an alertName.
+    pub alert_name: Option<String>,
+    /// By query or similarToId: how many of the 10 nearest audits carry it; `null` by alertName.
+    pub seeds: Option<i64>,
+}
+
+/// `POST /api/v1/audits/insights`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InsightResponse {
+    /// The incident counted: by query or similarToId, the alert with the largest similarity-weighted vote among
+    /// the 10 nearest audits (all of them on a tie); by alertName, that alert.
+    pub matched_alerts: Vec<MatchedAlert>,
+    /// Audits counted (at most the request's `limit`).
+    pub neighbours: i64,
+    /// The similarity range of the neighbours counted; `null` by alertName or when there are none.
+    pub similarity: Option<SimilarityRange>,
+    /// The window: audits that started from `since` (and before `until`, when given).
+    pub since: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+    /// One row per action type, ranked by `lowerBound` (then successes, then name).
+    pub actions: Vec<ActionInsight>,
+    /// One line: "restart-pod worked 45/50 times on 12 clusters; scale-deployment 3/9".
+    pub verdict: String,
+}

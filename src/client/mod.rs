@@ -30,7 +30,10 @@ use serde::de::DeserializeOwned;
 
 use crate::api::auth::FORWARDED_TOKEN_HEADER;
 use crate::api::problem::Problem;
-use crate::api::types::{ChainCheck, GetResponse, ListResponse, SearchRequest, SearchResponse};
+use crate::api::types::{
+    ChainCheck, GetResponse, InsightRequest, InsightResponse, ListResponse, SearchRequest,
+    SearchResponse,
+};
 use crate::checkpoint::Anchors;
 use output::escape;
 
@@ -163,6 +166,16 @@ impl FilterArgs {
 }
 
 impl FilterArgs {
+    fn into_insight(self, body: &mut InsightRequest) {
+        body.phase = self.phase;
+        body.outcome = self.outcome;
+        body.severity = self.severity;
+        body.cluster = self.cluster;
+        body.action_type = self.action_type;
+        body.since = self.since;
+        body.until = self.until;
+    }
+
     fn into_search(self, body: &mut SearchRequest) {
         body.phase = self.phase;
         body.outcome = self.outcome;
@@ -206,6 +219,32 @@ pub enum QueryCommand {
         /// Only results with at least this cosine similarity (-1..1).
         #[arg(long)]
         min_similarity: Option<f64>,
+    },
+    /// Which actions worked for incidents like this one: the similar past audits, counted per action type and
+    /// ranked by the Wilson lower bound of their success rate.
+    Insights {
+        /// The incident, in words (e.g. "pod keeps getting OOM killed").
+        query: Option<String>,
+        /// Incidents like this audit id.
+        #[arg(long, conflicts_with = "query")]
+        similar_to: Option<i64>,
+        /// Incidents of this alert (exact match, no embedding).
+        #[arg(long, conflicts_with_all = ["query", "similar_to"])]
+        alert_name: Option<String>,
+        /// With --alert-name: only targets of this kind (e.g. Deployment).
+        #[arg(long, requires = "alert_name")]
+        target_kind: Option<String>,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// Similar audits considered (1–1000).
+        #[arg(long, default_value_t = 200)]
+        limit: i64,
+        /// Only neighbours with at least this cosine similarity (-1..1).
+        #[arg(long)]
+        min_similarity: Option<f64>,
+        /// The window in days, ending now (default 180 on the server; not with --since).
+        #[arg(long, conflicts_with = "since")]
+        window_days: Option<i64>,
     },
     /// Verify an audit's hash chain; exit code 1 when it does not verify.
     Verify { id: i64 },
@@ -504,6 +543,11 @@ impl ApiClient {
             .await
     }
 
+    pub async fn insights(&self, body: &InsightRequest) -> Result<InsightResponse, ClientError> {
+        self.call("POST", "/api/v1/audits/insights", &[], Some(body))
+            .await
+    }
+
     /// Verifies every page of an audit's history: each page verifies on its own and links to the page before.
     pub async fn verify(&self, id: i64) -> Result<VerifyReport, ClientError> {
         let first = self.get(id, None).await?;
@@ -685,6 +729,40 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
             let res = client.search(&body).await?;
             let out = match conn.output {
                 Output::Table => output::search_table(&res.results, now),
+                other => output::format(&res, other)?,
+            };
+            Ok((out, ExitCode::SUCCESS))
+        }
+        QueryCommand::Insights {
+            query,
+            similar_to,
+            alert_name,
+            target_kind,
+            filters,
+            limit,
+            min_similarity,
+            window_days,
+        } => {
+            let mut body = InsightRequest::default();
+            match (query, similar_to, alert_name) {
+                (Some(q), _, _) => body.query = Some(q.clone()),
+                (None, Some(id), _) => body.similar_to_id = Some(*id),
+                (None, None, Some(a)) => {
+                    body.alert_name = Some(a.clone());
+                    body.target_kind = target_kind.clone();
+                }
+                (None, None, None) => {
+                    anyhow::bail!("give a QUERY text, --similar-to ID or --alert-name NAME")
+                }
+            };
+            filters.clone().into_insight(&mut body);
+            body.namespace = namespace.clone();
+            body.limit = Some(*limit);
+            body.min_similarity = *min_similarity;
+            body.window_days = *window_days;
+            let res = client.insights(&body).await?;
+            let out = match conn.output {
+                Output::Table => output::insights_table(&res, now),
                 other => output::format(&res, other)?,
             };
             Ok((out, ExitCode::SUCCESS))

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::ser::{Formatter, PrettyFormatter};
 
 use super::{Output, VerifyReport};
-use crate::api::types::{Audit, GetResponse, SearchHit};
+use crate::api::types::{Audit, GetResponse, InsightResponse, SearchHit};
 
 /// Whether a character must not reach a terminal as it is: control characters and the invisible or
 /// bidirectional formatting characters that identifiers may not hold either.
@@ -253,6 +253,95 @@ pub fn search_table(hits: &[SearchHit], now: DateTime<Utc>) -> String {
         ],
         &rows,
     )
+}
+
+/// The insight table (ACTION, TRIED, WORKED, RATE, LOWER-BOUND, MEDIAN, LAST-SEEN, EXAMPLES), then the
+/// neighbours considered and the verdict.
+pub fn insights_table(r: &InsightResponse, now: DateTime<Utc>) -> String {
+    let mut out = if r.actions.is_empty() {
+        String::new()
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .actions
+            .iter()
+            .map(|a| {
+                vec![
+                    a.action_type.clone(),
+                    a.attempts.to_string(),
+                    format!("{}/{}", a.succeeded, a.succeeded + a.failed),
+                    a.success_rate
+                        .map_or_else(|| "-".into(), |p| format!("{:.0}%", p * 100.0)),
+                    a.lower_bound.map_or_else(
+                        || "-".into(),
+                        |p| format!("{p:.2}{}", if a.small_sample { "*" } else { "" }),
+                    ),
+                    a.median_duration_ms.map_or_else(|| "-".into(), duration_ms),
+                    format!("{} ago", age(a.last_seen, now)),
+                    a.examples
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ACTION",
+                "TRIED",
+                "WORKED",
+                "RATE",
+                "LOWER-BOUND",
+                "MEDIAN",
+                "LAST-SEEN",
+                "EXAMPLES",
+            ],
+            &rows,
+        )
+    };
+    if !r.matched_alerts.is_empty() {
+        let alerts: Vec<String> = r
+            .matched_alerts
+            .iter()
+            .map(|m| {
+                let name = m.alert_name.as_deref().unwrap_or("(no alert name)");
+                match m.seeds {
+                    Some(n) => format!(
+                        "{name} ({n} of the {} nearest)",
+                        crate::store::insights::SEEDS
+                    ),
+                    None => name.to_string(),
+                }
+            })
+            .collect();
+        out.push_str(&format!("\nincidents: {}", escape(&alerts.join(", "))));
+    }
+    let range = r.similarity.map_or_else(String::new, |s| {
+        format!(", similarity {:.2}–{:.2}", s.min, s.max)
+    });
+    out.push_str(&format!(
+        "\n{} similar audits since {}{range}{}\n{}\n",
+        r.neighbours,
+        r.since.format("%Y-%m-%d"),
+        if r.actions.iter().any(|a| a.small_sample) {
+            " (* fewer than 10 outcomes)"
+        } else {
+            ""
+        },
+        escape(&r.verdict)
+    ));
+    out
+}
+
+/// `850ms`, `42s`, `3m10s`, `2h5m`.
+fn duration_ms(ms: f64) -> String {
+    let ms = ms.max(0.0).round() as u64;
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{}s", ms / 1000),
+        60_000..3_600_000 => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
+        _ => format!("{}h{}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
+    }
 }
 
 pub fn get_text(d: &GetResponse, now: DateTime<Utc>) -> String {

@@ -18,6 +18,7 @@ use crate::crd::TlsMode;
 pub mod batch;
 pub mod checkpoint;
 pub mod index;
+pub mod insights;
 pub mod list;
 pub mod probe;
 pub mod search;

@@ -147,9 +147,22 @@ impl Http {
     }
 
     pub(crate) async fn search(&self, token: &str, body: Value) -> (u16, String, Value) {
+        self.post_json("/api/v1/audits/search", token, body).await
+    }
+
+    pub(crate) async fn insights(&self, token: &str, body: Value) -> (u16, String, Value) {
+        self.post_json("/api/v1/audits/insights", token, body).await
+    }
+
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (u16, String, Value) {
         let req = self
             .http
-            .post(format!("{}/api/v1/audits/search", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(token)
             .json(&body);
         Self::answer(req.send().await.unwrap()).await

@@ -22,6 +22,16 @@ fn reports(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The demo's history sample (for `kubectl audit insights`): 24 valid audits of one incident family.
+#[test]
+fn the_history_sample_is_valid() {
+    let (code, out, err) = datastorage(&["check", "-f", "config/samples/history.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let reports = reports(&out);
+    assert_eq!(reports.len(), 24);
+    assert!(reports.iter().all(|r| r["valid"] == true), "{out}");
+}
+
 #[test]
 fn check_valid_samples_exits_zero_and_redacts() {
     let (code, out, err) = datastorage(&["check", "-f", "config/samples/audits.yaml"]);

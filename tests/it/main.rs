@@ -30,6 +30,7 @@ mod flood;
 mod fuzz;
 mod helm;
 mod hostile_api;
+mod insights;
 mod leader;
 mod metrics;
 mod rbac;
