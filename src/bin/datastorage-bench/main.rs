@@ -193,6 +193,9 @@ fn meaning(name: &str) -> &'static str {
         n if n.starts_with("semantic_search") => {
             "ms per Store::search at 100k audits (ns1pct: filtered to a namespace holding 1 % of rows), one connection; baseline: exact search (search_exact) of the same queries and filter (target p95 ≤ 10 ms)"
         }
+        "insight_p50" | "insight_p95" => {
+            "ms per insight query (Store::insight_counts over the 200 nearest neighbours, the API's default, grouped per action type, then ranked) at 100k audits, index defaults, one connection; baseline: Store::search of the same query (ef_search 40), interleaved (target p95 ≤ 50 ms)"
+        }
         "metrics_overhead" => {
             "ns per instrumented write (labelled counter + histogram); baseline: a plain atomic add"
         }
@@ -297,6 +300,11 @@ fn targets(results: &[Value]) -> String {
             get("embed_throughput_int8", "ratio").map_or("-".into(), |r| format!("{r:.2}×")),
         ),
     ];
+    rows.push((
+        "insight p95 ≤ 50 ms at 100k audits (200 neighbours)".to_string(),
+        get("insight_p95", "value").map(|v| v <= 50.0),
+        get("insight_p95", "value").map_or("-".into(), |v| format!("{v:.2} ms")),
+    ));
     for (profile, what, efs) in [
         (
             "",

@@ -1745,12 +1745,15 @@ pub async fn semantic_search(
             vec![100, 200, 400],
         ));
     }
-    for (index, profile, with_filtered, unfiltered_efs) in profiles {
+    for (i, (index, profile, with_filtered, unfiltered_efs)) in profiles.into_iter().enumerate() {
         let build = build_index(&store, index).await?;
         println!(
             "  HNSW index (m {}, ef_construction {}) over {rows} rows built in {build:.1}s; namespace {FILTER_NAMESPACE} holds {in_namespace} rows",
             index.m, index.ef_construction
         );
+        if i == 0 {
+            insight_pass(bench, url, schema, &corpus, &query_vectors, index, rows).await?;
+        }
         search_pass(
             bench,
             url,
@@ -1909,6 +1912,86 @@ async fn search_pass(
         }
     }
     search_store.pool().close().await;
+    Ok(())
+}
+
+/// Latency of an insight query (`Store::insight_counts` over the 200 nearest neighbours, the API's default, narrowed
+/// to the incidents of the 20 nearest, plus the ranking) at the index defaults, interleaved with a plain search of the same query at ef_search 40 as the
+/// baseline, one connection.
+async fn insight_pass(
+    bench: &mut super::Bench,
+    url: &str,
+    schema: &str,
+    corpus: &Corpus,
+    query_vectors: &[Vec<f32>],
+    index: IndexParams,
+    rows: usize,
+) -> anyhow::Result<()> {
+    use datastorage::store::insights::Neighbours;
+    let mut config = StoreConfig::new(url, schema)?;
+    config.pool_size = 1;
+    let store = Store::connect_lazy(&config)?;
+    let neighbours = datastorage::api::params::DEFAULT_INSIGHT_NEIGHBOURS;
+    // Every corpus audit is inside the window (the API's default is the last 180 days; the filter costs the same).
+    let filters = AuditFilters {
+        since: Some(chrono::Utc::now() - chrono::Duration::days(3650)),
+        ..AuditFilters::default()
+    };
+    let ef = 40;
+    let (mut insight_ms, mut search_ms) = (Vec::new(), Vec::new());
+    let mut counted = 0i64;
+    // The first round over the queries warms the pages; only the second is measured.
+    for round in 0..2 {
+        for q in query_vectors {
+            let by = Neighbours::Vector {
+                vector: q.clone(),
+                model_id: corpus.model_id.clone(),
+                exclude_id: None,
+                min_similarity: None,
+                ef_search: ef,
+                halfvec: false,
+            };
+            let t = Instant::now();
+            let counts = store.insight_counts(&by, &filters, neighbours).await?;
+            let (rows_out, n, _) = datastorage::api::insight::rank(counts.actions);
+            let took = ms(t);
+            anyhow::ensure!(!rows_out.is_empty(), "an insight query counted nothing");
+            let t = Instant::now();
+            store
+                .search(q, &filters, &search_params(ef, &corpus.model_id))
+                .await?;
+            let search_took = ms(t);
+            if round == 1 {
+                insight_ms.push(took);
+                search_ms.push(search_took);
+                counted += n;
+            }
+        }
+    }
+    insight_ms.sort_by(f64::total_cmp);
+    search_ms.sort_by(f64::total_cmp);
+    let n = query_vectors.len() as i64;
+    println!(
+        "  insight over {neighbours} neighbours: p50 {:.2} ms, p95 {:.2} ms (search p95 {:.2} ms); {:.0} neighbours counted per query",
+        super::percentile(&insight_ms, 0.5),
+        super::percentile(&insight_ms, 0.95),
+        super::percentile(&search_ms, 0.95),
+        counted as f64 / n as f64
+    );
+    let params = json!({"rows": rows, "queries": n, "neighbours": neighbours, "ef_search": ef,
+        "mean_neighbours_counted": counted as f64 / n as f64, "m": index.m, "ef_construction": index.ef_construction});
+    for (p, name) in [(0.5, "p50"), (0.95, "p95")] {
+        bench.record(
+            &format!("insight_{name}"),
+            super::percentile(&insight_ms, p),
+            "ms",
+            &format!("semantic_search_ef{ef}_{name}"),
+            super::percentile(&search_ms, p),
+            "ms",
+            params.clone(),
+        );
+    }
+    store.pool().close().await;
     Ok(())
 }
 
