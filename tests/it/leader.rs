@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, eventually};
+use crate::support::kube::{EnvOptions, TestEnv, audit_yaml, dstore, dstore_condition, eventually};
 use datastorage::operator::{LeaderElection, Running};
 
 fn leader_of(replicas: &[&Running]) -> Vec<usize> {
@@ -106,4 +106,96 @@ async fn only_the_lease_holder_writes_and_a_dead_leader_is_replaced() {
         .collect();
     assert_eq!(rows, expected, "every applied audit stored exactly once");
     follower.task.abort();
+}
+
+/// Two replicas that see the store differently (only one has the model) do not take turns writing the DataStorage's
+/// status (issue 21, item 10: "two non-elected instances ping-pong the DataStorage status"): only the Lease holder
+/// writes it. The follower reconciles every 5 s with EmbeddingReady=False; for 20 s the status keeps the leader's
+/// EmbeddingReady=True and its resourceVersion does not move. When the leader dies the follower's view is written
+/// (so the two views do differ). Fails with the leader check in `controller::datastorage::reconcile_inner` removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_sees_the_store_differently_never_writes_the_status() {
+    let env = TestEnv::with(
+        "pingpong",
+        EnvOptions {
+            start_operator: false,
+            // No modelPath: each replica's --model-dir decides whether the model loads.
+            spec_extra: "  embedding:\n    provider: Local\n".into(),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let election = |id: &str| LeaderElection {
+        namespace: env.ns.clone(),
+        lease_name: "datastorage-leader".into(),
+        identity: id.into(),
+        duration_seconds: 4,
+    };
+    let with_model = env.start_replica(Some(election("with-model"))).await;
+    eventually(
+        Duration::from_secs(60),
+        "the replica with the model to lead",
+        || async { (with_model.context.metrics.leader.get() == 1).then_some(()) },
+    )
+    .await;
+    let ready = |want: &'static str| {
+        let ns = env.ns.clone();
+        move || {
+            let ns = ns.clone();
+            async move {
+                let c = dstore_condition(&ns, "EmbeddingReady")?;
+                (c["status"] == want).then_some(c)
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "EmbeddingReady=True",
+        ready("True"),
+    )
+    .await;
+    let without_model = env
+        .start_replica_with(
+            Some(election("without-model")),
+            Some("/nonexistent/model".into()),
+        )
+        .await;
+    // The follower publishes its own (degraded) runtime: its view differs from the status.
+    eventually(
+        Duration::from_secs(30),
+        "the follower's runtime",
+        || async { without_model.context.current_runtime().map(|_| ()) },
+    )
+    .await;
+    let version = |ns: &str| dstore(ns).map(|d| d["metadata"]["resourceVersion"].clone());
+    let before = version(&env.ns);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(without_model.context.metrics.leader.get(), 0);
+    let c = dstore_condition(&env.ns, "EmbeddingReady").unwrap();
+    assert_eq!(c["status"], "True", "the follower wrote its view: {c}");
+    assert_eq!(
+        version(&env.ns),
+        before,
+        "the DataStorage changed while nothing happened"
+    );
+
+    with_model.task.abort();
+    eventually(Duration::from_secs(60), "the follower to lead", || async {
+        (without_model.context.metrics.leader.get() == 1).then_some(())
+    })
+    .await;
+    let c = eventually(
+        Duration::from_secs(60),
+        "EmbeddingReady=False",
+        ready("False"),
+    )
+    .await;
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/model"),
+        "{c}"
+    );
+    without_model.task.abort();
 }

@@ -252,11 +252,21 @@ impl TestEnv {
         &self,
         leader_election: Option<operator::LeaderElection>,
     ) -> operator::Running {
+        self.start_replica_with(leader_election, std::env::var("DATASTORAGE_MODEL_DIR").ok())
+            .await
+    }
+
+    /// A replica whose default model directory (`--model-dir`) is `model_dir`.
+    pub async fn start_replica_with(
+        &self,
+        leader_election: Option<operator::LeaderElection>,
+        model_dir: Option<String>,
+    ) -> operator::Running {
         operator::start(
             self.client.clone(),
             operator::Options {
                 namespace: Some(self.ns.clone()),
-                model_dir: std::env::var("DATASTORAGE_MODEL_DIR").ok(),
+                model_dir,
                 leader_election,
                 // Checkpoints in the test namespace, taken at the start of leadership and then when a test asks
                 // (`checkpoint_now`), so that tests control what a checkpoint covers.
