@@ -2,7 +2,7 @@
 # `make demo` / `make demo-down`: the product the way users meet it, on one machine. A real single-node cluster
 # (hack/node.sh: kubelet, containerd, CNI bridge), the operator image built here (hack/image.sh), `helm install` of
 # charts/datastorage-operator (3 replicas, leader election, PDB, the chart's RBAC), PostgreSQL 18 + pgvector reachable
-# from the pods, the sample audits, `kubectl get`, and search + hash-chain verify with `kubectl audit` through the API
+# from the pods, the sample audits, `kubectl get`, and search, hash-chain verify and insights with `kubectl audit` through the API
 # server's service proxy (X-Datastorage-Authorization) as a ServiceAccount user.
 #
 # Environment: DATASTORAGE_DEMO_DIR (default ${TMPDIR:-/tmp}/datastorage-demo-<hash of this checkout's path>),
@@ -97,6 +97,8 @@ up() {
     kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   done
   kubectl apply -f config/samples/audits.yaml
+  # A month of one incident family, for the insight query at the end.
+  kubectl apply -f config/samples/history.yaml >/dev/null
   # The invalid ones fail at once: the CRD's validation rules carry the operator's messages.
   say "kubectl apply of the invalid samples is refused at once (the CRD's validation rules)"
   if kubectl apply -f config/samples/invalid-audits.yaml 2>&1; then
@@ -165,6 +167,10 @@ up() {
 
   say "Hash chain of audit 1 (kubectl audit verify 1)"
   KUBECONFIG="$reader_kc" kubectl audit verify 1 || true
+
+  # The samples' startTimes are fixed dates, so the window is the longest (the default is the last 180 days).
+  say "Have we seen this before, and what fixed it? (kubectl audit insights \"pod keeps getting OOM killed\" -A)"
+  KUBECONFIG="$reader_kc" kubectl audit insights "pod keeps getting OOM killed" -A --window-days 2555
   phase_done "queries through the service proxy"
 
   say "Done ($warm run: $((SECONDS - t0))s in all; helm install -> pods Ready and DataStorage Ready: ${install_ready}s)"

@@ -121,6 +121,7 @@ grep -q "Persisted" "$run_dir/demo.log" || demo_ok=0
 grep -qE '"bad-action-type" is invalid: .*spec\.actionType' "$run_dir/demo.log" || demo_ok=0
 grep -q "REDACTED:password_kv" "$run_dir/demo.log" || demo_ok=0
 grep -q "api-oomkilled-restart" <(sed -n '/Semantic search/,$p' "$run_dir/demo.log") || demo_ok=0
+grep -qE '^increase-memory-limit worked [0-9]+/[0-9]+ times' <(sed -n '/what fixed it/,$p' "$run_dir/demo.log") || demo_ok=0
 DATASTORAGE_DEMO_DIR="$demo_dir" hack/demo.sh down > "$run_dir/demo-down.log" 2>&1 || { cat "$run_dir/demo-down.log"; demo_ok=0; }
 if pgrep -f "$demo_dir" > /dev/null; then echo "demo left processes behind:"; pgrep -af "$demo_dir"; demo_ok=0; fi
 [[ ! -e "$demo_dir" ]] || { echo "demo left $demo_dir behind"; demo_ok=0; }

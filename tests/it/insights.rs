@@ -564,6 +564,7 @@ async fn insights_count_only_what_the_caller_may_read_and_name_bad_input() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    println!("kubectl audit insights \"pod keeps getting OOM killed\" -n {ns_a}\n{text}");
     let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
