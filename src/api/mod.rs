@@ -284,6 +284,20 @@ impl ApiState {
             .await
     }
 
+    /// The caller's filters limited to the namespaces they may list (403 for a namespace asked for and not
+    /// allowed; `Some(vec![])` when allowed nowhere).
+    async fn scoped(
+        &self,
+        user: &User,
+        rt: &StoreRuntime,
+        asked: params::Filters,
+    ) -> Result<crate::store::search::AuditFilters, Problem> {
+        let scope = self.scope(user, rt, asked.namespace.as_deref()).await?;
+        let mut filters = asked.filters;
+        filters.namespaces = scope_filter(scope);
+        Ok(filters)
+    }
+
     /// Whether the caller may read audits of `namespace`.
     async fn may_read(&self, user: &User, namespace: &str) -> Result<bool, Problem> {
         Ok(self.auth.may_list(user, "").await? || self.auth.may_list(user, namespace).await?)
@@ -391,11 +405,7 @@ async fn list(
         let req = params::parse_list(&query_pairs(query)?)?;
         note(&access, |a| a.namespace = req.filters.namespace.clone());
         let rt = s.runtime()?;
-        let scope = s
-            .scope(&user, &rt, req.filters.namespace.as_deref())
-            .await?;
-        let mut filters = req.filters.filters;
-        filters.namespaces = scope_filter(scope);
+        let filters = s.scoped(&user, &rt, req.filters).await?;
         let heavy = if req.details {
             let turn = tokio::time::timeout(
                 DETAIL_PAGE_WAIT,
@@ -568,11 +578,7 @@ async fn search(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body) 
             }
         });
         let rt = s.runtime()?;
-        let scope = s
-            .scope(&user, &rt, req.filters.namespace.as_deref())
-            .await?;
-        let mut filters = req.filters.filters;
-        filters.namespaces = scope_filter(scope);
+        let filters = s.scoped(&user, &rt, req.filters).await?;
         // Scope first: a caller allowed nowhere gets nothing, without the model running for it.
         if filters.namespaces.as_ref().is_some_and(Vec::is_empty) {
             note(&access, |a| a.results = Some(0));
@@ -684,11 +690,7 @@ async fn insights(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Body
             }
         });
         let rt = s.runtime()?;
-        let scope = s
-            .scope(&user, &rt, req.filters.namespace.as_deref())
-            .await?;
-        let mut filters = req.filters.filters;
-        filters.namespaces = scope_filter(scope);
+        let filters = s.scoped(&user, &rt, req.filters).await?;
         let since = filters.since.unwrap_or_else(chrono::Utc::now);
         let until = filters.until;
         let counts = if filters.namespaces.as_ref().is_some_and(Vec::is_empty) {

@@ -267,14 +267,7 @@ pub fn parse_search(body: &[u8]) -> Result<SearchRequest, Problem> {
         }
         match key.as_str() {
             "query" => text = Some(query_text(key, v)?),
-            "similarToId" => {
-                similar = Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
-                    Problem::bad_parameter(
-                        key,
-                        "similarToId must be a positive integer (an audit id)",
-                    )
-                })?)
-            }
+            "similarToId" => similar = Some(audit_id(key, v)?),
             "limit" => {
                 lim = v
                     .as_i64()
@@ -286,23 +279,8 @@ pub fn parse_search(body: &[u8]) -> Result<SearchRequest, Problem> {
                         )
                     })?
             }
-            "minSimilarity" => {
-                min_similarity = Some(v.as_f64().filter(|n| (-1.0..=1.0).contains(n)).ok_or_else(
-                    || Problem::bad_parameter(key, "minSimilarity must be a number from -1 to 1"),
-                )?)
-            }
-            _ => {
-                let Some(s) = v.as_str() else {
-                    return Err(if is_filter(key) {
-                        Problem::bad_parameter(key, format!("{key} must be a string"))
-                    } else {
-                        unknown_field(key)
-                    });
-                };
-                if !filters.apply(key, s)? {
-                    return Err(unknown_field(key));
-                }
-            }
+            "minSimilarity" => min_similarity = Some(similarity(key, v)?),
+            _ => body_filter(&mut filters, key, v, unknown_field)?,
         }
     }
     filters.check_range()?;
@@ -372,11 +350,7 @@ pub fn parse_insight(body: &[u8], now: DateTime<Utc>) -> Result<InsightRequest, 
         }
         match key.as_str() {
             "query" => text = Some(query_text(key, v)?),
-            "similarToId" => {
-                similar = Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
-                    Problem::bad_parameter(key, "similarToId must be a positive integer (an audit id)")
-                })?)
-            }
+            "similarToId" => similar = Some(audit_id(key, v)?),
             "alertName" => {
                 alert = Some(
                     v.as_str()
@@ -412,11 +386,7 @@ pub fn parse_insight(body: &[u8], now: DateTime<Utc>) -> Result<InsightRequest, 
                         )
                     })?
             }
-            "minSimilarity" => {
-                min_similarity = Some(v.as_f64().filter(|n| (-1.0..=1.0).contains(n)).ok_or_else(
-                    || Problem::bad_parameter(key, "minSimilarity must be a number from -1 to 1"),
-                )?)
-            }
+            "minSimilarity" => min_similarity = Some(similarity(key, v)?),
             "windowDays" => {
                 window_days = Some(
                     v.as_i64()
@@ -432,18 +402,7 @@ pub fn parse_insight(body: &[u8], now: DateTime<Utc>) -> Result<InsightRequest, 
                         })?,
                 )
             }
-            _ => {
-                let Some(s) = v.as_str() else {
-                    return Err(if is_filter(key) {
-                        Problem::bad_parameter(key, format!("{key} must be a string"))
-                    } else {
-                        unknown_insight_field(key)
-                    });
-                };
-                if !filters.apply(key, s)? {
-                    return Err(unknown_insight_field(key));
-                }
-            }
+            _ => body_filter(&mut filters, key, v, unknown_insight_field)?,
         }
     }
     filters.check_range()?;
@@ -503,6 +462,42 @@ pub fn parse_insight(body: &[u8], now: DateTime<Utc>) -> Result<InsightRequest, 
         limit: lim,
         min_similarity,
     })
+}
+
+fn audit_id(key: &str, v: &Value) -> Result<i64, Problem> {
+    v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+        Problem::bad_parameter(
+            key,
+            format!("{key} must be a positive integer (an audit id)"),
+        )
+    })
+}
+
+fn similarity(key: &str, v: &Value) -> Result<f64, Problem> {
+    v.as_f64()
+        .filter(|n| (-1.0..=1.0).contains(n))
+        .ok_or_else(|| Problem::bad_parameter(key, format!("{key} must be a number from -1 to 1")))
+}
+
+/// One filter field of a JSON body (a string), or the `unknown` problem for a field that is not a filter.
+fn body_filter(
+    filters: &mut Filters,
+    key: &str,
+    v: &Value,
+    unknown: fn(&str) -> Problem,
+) -> Result<(), Problem> {
+    let Some(s) = v.as_str() else {
+        return Err(if is_filter(key) {
+            Problem::bad_parameter(key, format!("{key} must be a string"))
+        } else {
+            unknown(key)
+        });
+    };
+    if filters.apply(key, s)? {
+        Ok(())
+    } else {
+        Err(unknown(key))
+    }
 }
 
 fn query_text(key: &str, v: &Value) -> Result<String, Problem> {

@@ -132,19 +132,10 @@ pub struct SearchResponse {
     pub results: Vec<SearchHit>,
 }
 
-/// The body of `POST /api/v1/audits/search` as the CLI sends it (the server parses it field by field, naming the
-/// offending field of a 400, see `params::parse_search`).
+/// The filters of a search or insight body as the CLI sends them (flattened into the body).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SearchRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub similar_to_id: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_similarity: Option<f64>,
+pub struct FilterFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +152,23 @@ pub struct SearchRequest {
     pub since: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+}
+
+/// The body of `POST /api/v1/audits/search` as the CLI sends it (the server parses it field by field, naming the
+/// offending field of a 400, see `params::parse_search`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similar_to_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_similarity: Option<f64>,
+    #[serde(flatten)]
+    pub filters: FilterFields,
 }
 
 /// The body of `POST /api/v1/audits/insights` as the CLI sends it (parsed field by field by
@@ -184,22 +192,8 @@ pub struct InsightRequest {
     /// The window, ending now (default 180).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_days: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<String>,
+    #[serde(flatten)]
+    pub filters: FilterFields,
 }
 
 /// One action type among the neighbours of an insight query.

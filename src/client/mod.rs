@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 use crate::api::auth::FORWARDED_TOKEN_HEADER;
 use crate::api::problem::Problem;
 use crate::api::types::{
-    ChainCheck, GetResponse, InsightRequest, InsightResponse, ListResponse, SearchRequest,
-    SearchResponse,
+    ChainCheck, FilterFields, GetResponse, InsightRequest, InsightResponse, ListResponse,
+    SearchRequest, SearchResponse,
 };
 use crate::checkpoint::Anchors;
 use output::escape;
@@ -166,24 +166,18 @@ impl FilterArgs {
 }
 
 impl FilterArgs {
-    fn into_insight(self, body: &mut InsightRequest) {
-        body.phase = self.phase;
-        body.outcome = self.outcome;
-        body.severity = self.severity;
-        body.cluster = self.cluster;
-        body.action_type = self.action_type;
-        body.since = self.since;
-        body.until = self.until;
-    }
-
-    fn into_search(self, body: &mut SearchRequest) {
-        body.phase = self.phase;
-        body.outcome = self.outcome;
-        body.severity = self.severity;
-        body.cluster = self.cluster;
-        body.action_type = self.action_type;
-        body.since = self.since;
-        body.until = self.until;
+    /// The body fields of these filters in `namespace` (`None`: every namespace the caller may list).
+    fn fields(self, namespace: Option<String>) -> FilterFields {
+        FilterFields {
+            namespace,
+            phase: self.phase,
+            outcome: self.outcome,
+            severity: self.severity,
+            cluster: self.cluster,
+            action_type: self.action_type,
+            since: self.since,
+            until: self.until,
+        }
     }
 }
 
@@ -722,8 +716,7 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
                 (None, Some(id)) => body.similar_to_id = Some(*id),
                 (None, None) => anyhow::bail!("give a QUERY text or --similar-to ID"),
             };
-            filters.clone().into_search(&mut body);
-            body.namespace = namespace.clone();
+            body.filters = filters.clone().fields(namespace.clone());
             body.limit = Some(*limit);
             body.min_similarity = *min_similarity;
             let res = client.search(&body).await?;
@@ -755,8 +748,7 @@ async fn execute(conn: &Connection, cmd: &QueryCommand) -> anyhow::Result<(Strin
                     anyhow::bail!("give a QUERY text, --similar-to ID or --alert-name NAME")
                 }
             };
-            filters.clone().into_insight(&mut body);
-            body.namespace = namespace.clone();
+            body.filters = filters.clone().fields(namespace.clone());
             body.limit = Some(*limit);
             body.min_similarity = *min_similarity;
             body.window_days = *window_days;

@@ -94,19 +94,8 @@ impl Store {
                 // The index is asked for twice the neighbours (the other filters drop some), and ef_search is at
                 // least that candidate count: below it the scan returns fewer candidates than asked for.
                 let candidates = (limit * 2).max(100);
-                sqlx::query(
-                    "SELECT set_config('hnsw.ef_search', $1, true),
-                            set_config('hnsw.iterative_scan', 'relaxed_order', true),
-                            set_config('hnsw.max_scan_tuples', '50000', true)",
-                )
-                .bind(
-                    i64::from(*ef_search)
-                        .max(candidates)
-                        .clamp(1, 1000)
-                        .to_string(),
-                )
-                .execute(&mut *tx)
-                .await?;
+                super::search::hnsw_settings(&mut tx, i64::from(*ef_search).max(candidates))
+                    .await?;
                 let sql = if *halfvec {
                     BY_VECTOR_HALFVEC
                 } else {
@@ -181,15 +170,7 @@ macro_rules! insight_sql {
                  SELECT a.id, a.alert_name, a.action_type, a.phase, a.outcome, a.duration_ms, a.start_time,
                         a.cluster_name, a.namespace, c.distance
                  FROM c JOIN audits a ON a.id = c.audit_id
-                 WHERE ($4::text IS NULL OR a.phase = $4)
-                   AND ($5::text IS NULL OR a.outcome = $5)
-                   AND ($6::text IS NULL OR a.severity = $6)
-                   AND ($7::text IS NULL OR a.cluster_name = $7)
-                   AND ($8::text IS NULL OR a.action_type = $8)
-                   AND ($9::timestamptz IS NULL OR a.start_time >= $9)
-                   AND ($10::timestamptz IS NULL OR a.start_time < $10)
-                   AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
-                   AND ($12::bigint IS NULL OR a.id <> $12)
+                 WHERE ", super::search::candidate_filters!(), "
                  ORDER BY ", $order, "
                  LIMIT $13
              ), ", $family, "
@@ -258,8 +239,9 @@ macro_rules! by_vector {
     };
 }
 const BY_VECTOR: &str = by_vector!("e.embedding <=> $1");
-/// (The cast's dimensions are [`crate::crd::VECTOR_DIMENSIONS`], as in `search`; a test checks they agree.)
-const BY_VECTOR_HALFVEC: &str = by_vector!("e.embedding::halfvec(384) <=> $1::halfvec(384)");
+/// (The cast's dimensions are [`crate::crd::VECTOR_DIMENSIONS`], as in `search`, whose test checks both.)
+pub(super) const BY_VECTOR_HALFVEC: &str =
+    by_vector!("e.embedding::halfvec(384) <=> $1::halfvec(384)");
 
 /// By alert: the candidates are `$1` the alert name, `$2` the namespace scope, `$3` the target kind (or NULL); the
 /// distance is NULL (no similarity); the newest come first, and every one is counted.
@@ -309,15 +291,4 @@ fn counts(r: &sqlx::postgres::PgRow) -> Result<ActionCounts, StoreError> {
         min_similarity: r.try_get("min_similarity")?,
         max_similarity: r.try_get("max_similarity")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_halfvec_cast_has_the_store_dimensions() {
-        let cast = format!("halfvec({})", crate::crd::VECTOR_DIMENSIONS);
-        let casts = super::BY_VECTOR_HALFVEC.matches("halfvec(").count();
-        assert!(casts > 0);
-        assert_eq!(super::BY_VECTOR_HALFVEC.matches(&cast).count(), casts);
-    }
 }

@@ -71,14 +71,7 @@ impl Store {
         // to a generous candidate set, then results are ordered by exact distance.
         let candidates = (limit * 4).max(100);
         let mut tx = self.read_pool.begin().await?;
-        sqlx::query(
-            "SELECT set_config('hnsw.ef_search', $1, true),
-                    set_config('hnsw.iterative_scan', 'relaxed_order', true),
-                    set_config('hnsw.max_scan_tuples', '50000', true)",
-        )
-        .bind(params.ef_search.clamp(1, 1000).to_string())
-        .execute(&mut *tx)
-        .await?;
+        hnsw_settings(&mut tx, i64::from(params.ef_search)).await?;
         let sql = if params.halfvec {
             SEARCH_HALFVEC
         } else {
@@ -144,6 +137,41 @@ impl Store {
     }
 }
 
+/// The HNSW scan's settings for this transaction only (`set_config(…, true)` = `SET LOCAL`): `ef_search` (clamped
+/// to pgvector's 1–1000) and the iterative scan that keeps filtered searches at full recall.
+pub(super) async fn hnsw_settings(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ef_search: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT set_config('hnsw.ef_search', $1, true),
+                set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                set_config('hnsw.max_scan_tuples', '50000', true)",
+    )
+    .bind(ef_search.clamp(1, 1000).to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The filters other than the namespace scope, on the audit `a` of a candidate `c` (with its `distance`): `$4`
+/// phase, `$5` outcome, `$6` severity, `$7` cluster, `$8` actionType, `$9`/`$10` the start-time range, `$11`
+/// minSimilarity, `$12` the audit left out. Search's and insight's statements share it.
+macro_rules! candidate_filters {
+    () => {
+        "($4::text IS NULL OR a.phase = $4)
+         AND ($5::text IS NULL OR a.outcome = $5)
+         AND ($6::text IS NULL OR a.severity = $6)
+         AND ($7::text IS NULL OR a.cluster_name = $7)
+         AND ($8::text IS NULL OR a.action_type = $8)
+         AND ($9::timestamptz IS NULL OR a.start_time >= $9)
+         AND ($10::timestamptz IS NULL OR a.start_time < $10)
+         AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
+         AND ($12::bigint IS NULL OR a.id <> $12)"
+    };
+}
+pub(super) use candidate_filters;
+
 /// Candidates from the index (namespace filtered inside the iterative scan), then the other filters, ordered by
 /// exact distance. One text per element type, so that each matches its index expression.
 macro_rules! search_sql {
@@ -160,15 +188,7 @@ macro_rules! search_sql {
                     a.alert_name, a.phase, a.outcome, a.severity, a.cluster_name, a.target_resource, a.start_time,
                     a.error_message
              FROM c JOIN audits a ON a.id = c.audit_id
-             WHERE ($4::text IS NULL OR a.phase = $4)
-               AND ($5::text IS NULL OR a.outcome = $5)
-               AND ($6::text IS NULL OR a.severity = $6)
-               AND ($7::text IS NULL OR a.cluster_name = $7)
-               AND ($8::text IS NULL OR a.action_type = $8)
-               AND ($9::timestamptz IS NULL OR a.start_time >= $9)
-               AND ($10::timestamptz IS NULL OR a.start_time < $10)
-               AND ($11::float8 IS NULL OR 1 - c.distance >= $11)
-               AND ($12::bigint IS NULL OR a.id <> $12)
+             WHERE ", candidate_filters!(), "
              ORDER BY c.distance, a.id
              LIMIT $13"
         )
@@ -200,11 +220,17 @@ fn hit(r: &sqlx::postgres::PgRow) -> Result<SearchHit, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    /// Search's and insight's halfvec statements cast to the store's dimensions.
     #[test]
-    fn the_halfvec_cast_has_the_store_dimensions() {
+    fn the_halfvec_casts_have_the_store_dimensions() {
         let cast = format!("halfvec({})", crate::crd::VECTOR_DIMENSIONS);
-        let casts = super::SEARCH_HALFVEC.matches("halfvec(").count();
-        assert!(casts > 0);
-        assert_eq!(super::SEARCH_HALFVEC.matches(&cast).count(), casts);
+        for sql in [
+            super::SEARCH_HALFVEC,
+            crate::store::insights::BY_VECTOR_HALFVEC,
+        ] {
+            let casts = sql.matches("halfvec(").count();
+            assert!(casts > 0);
+            assert_eq!(sql.matches(&cast).count(), casts, "{sql}");
+        }
     }
 }

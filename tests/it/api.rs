@@ -125,6 +125,75 @@ pub(crate) fn wait_can_i(sa_ns: &str, sa: &str, ns_flag: &[&str], expected: bool
     panic!("RBAC for {user} {ns_flag:?} never became {expected}");
 }
 
+/// ServiceAccount `ns/sa` allowed to list audits in `ns` only (a Role and a RoleBinding named `sa`), once RBAC
+/// says so; its token for the query API.
+pub(crate) fn reader_in(ns: &str, sa: &str) -> String {
+    let token = service_account(ns, sa);
+    kubectl(
+        &[
+            "-n",
+            ns,
+            "create",
+            "role",
+            sa,
+            "--verb=list",
+            &format!("--resource={RAUDIT}"),
+        ],
+        None,
+    );
+    kubectl(
+        &[
+            "-n",
+            ns,
+            "create",
+            "rolebinding",
+            sa,
+            &format!("--role={sa}"),
+            &format!("--serviceaccount={ns}:{sa}"),
+        ],
+        None,
+    );
+    wait_can_i(ns, sa, &["-n", ns], true);
+    token
+}
+
+/// ServiceAccount `ns/sa` allowed to list audits in every namespace (a ClusterRole and binding named `<ns>-<sa>`),
+/// once RBAC says so; its token for the query API.
+pub(crate) fn reader_everywhere(ns: &str, sa: &str) -> String {
+    let token = service_account(ns, sa);
+    let role = format!("{ns}-{sa}");
+    kubectl(
+        &[
+            "create",
+            "clusterrole",
+            &role,
+            "--verb=list",
+            &format!("--resource={RAUDIT}"),
+        ],
+        None,
+    );
+    kubectl(
+        &[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:{sa}"),
+        ],
+        None,
+    );
+    wait_can_i(ns, sa, &["-A"], true);
+    token
+}
+
+/// Removes what [`reader_everywhere`] made cluster-wide (the ServiceAccount goes with its namespace).
+pub(crate) fn remove_reader_everywhere(ns: &str, sa: &str) {
+    let role = format!("{ns}-{sa}");
+    for kind in ["clusterrolebinding", "clusterrole"] {
+        let _ = crate::support::kube::kubectl_raw(&["delete", kind, &role], None);
+    }
+}
+
 pub(crate) struct Http {
     base: String,
     http: reqwest::Client,
@@ -218,56 +287,9 @@ async fn rbac_matrix_limits_every_caller_to_the_namespaces_they_may_list() {
     let b1 = insert(&rt, &ns_b, "b-1", at(30), "pod keeps getting OOM killed").await;
 
     // reader-a: list in A only (Role + RoleBinding); reader-all: cluster-wide; nobody: nothing.
-    let reader_a = service_account(&ns_a, "reader-a");
-    let reader_all = service_account(&ns_a, "reader-all");
+    let reader_a = reader_in(&ns_a, "reader-a");
+    let reader_all = reader_everywhere(&ns_a, "reader-all");
     let nobody = service_account(&ns_a, "nobody");
-    kubectl(
-        &[
-            "-n",
-            &ns_a,
-            "create",
-            "role",
-            "raudit-reader",
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "-n",
-            &ns_a,
-            "create",
-            "rolebinding",
-            "reader-a",
-            "--role=raudit-reader",
-            &format!("--serviceaccount={ns_a}:reader-a"),
-        ],
-        None,
-    );
-    let cluster_role = format!("{ns_a}-raudit-reader");
-    kubectl(
-        &[
-            "create",
-            "clusterrole",
-            &cluster_role,
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            &cluster_role,
-            &format!("--clusterrole={cluster_role}"),
-            &format!("--serviceaccount={ns_a}:reader-all"),
-        ],
-        None,
-    );
-    wait_can_i(&ns_a, "reader-a", &["-n", &ns_a], true);
-    wait_can_i(&ns_a, "reader-all", &["-A"], true);
 
     let api = Http::new(&env);
 
@@ -400,9 +422,7 @@ async fn rbac_matrix_limits_every_caller_to_the_namespaces_they_may_list() {
             >= 5
     );
 
-    let _ =
-        crate::support::kube::kubectl_raw(&["delete", "clusterrolebinding", &cluster_role], None);
-    let _ = crate::support::kube::kubectl_raw(&["delete", "clusterrole", &cluster_role], None);
+    remove_reader_everywhere(&ns_a, "reader-all");
     let _ =
         crate::support::kube::kubectl_raw(&["delete", "namespace", &ns_b, "--wait=false"], None);
 }
@@ -426,32 +446,7 @@ async fn keyset_pagination_returns_every_row_once_while_rows_are_inserted() {
             .await,
         );
     }
-    let token = service_account(&ns, "pager");
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "role",
-            "pager",
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "rolebinding",
-            "pager",
-            "--role=pager",
-            &format!("--serviceaccount={ns}:pager"),
-        ],
-        None,
-    );
-    wait_can_i(&ns, "pager", &["-n", &ns], true);
+    let token = reader_in(&ns, "pager");
 
     let api = Http::new(&env);
     let mut seen: Vec<i64> = Vec::new();
@@ -546,32 +541,7 @@ async fn kubectl_audit_plugin_searches_lists_gets_and_verifies() {
         .as_i64()
         .unwrap();
     env.wait_state("drain-1", "Persisted", WAIT).await;
-    let token = service_account(&ns, "sre");
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "role",
-            "sre",
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "rolebinding",
-            "sre",
-            "--role=sre",
-            &format!("--serviceaccount={ns}:sre"),
-        ],
-        None,
-    );
-    wait_can_i(&ns, "sre", &["-n", &ns], true);
+    let token = reader_in(&ns, "sre");
 
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-audit"));
     let dir = bin.parent().unwrap().to_str().unwrap().to_string();

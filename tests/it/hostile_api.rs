@@ -18,7 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::api::{
-    Http, RAUDIT, assert_problem, at, ids, insert, run_plugin, runtime, service_account, wait_can_i,
+    Http, RAUDIT, assert_problem, at, ids, insert, reader_in, run_plugin, runtime, service_account,
+    wait_can_i,
 };
 use crate::support::kube::{EnvOptions, TestEnv, eventually, kubectl};
 
@@ -437,33 +438,8 @@ async fn answers_are_bounded_headed_and_safe_to_print() {
     let ns = env.ns.clone();
     let rt = runtime(&env).await;
     let api = Http::new(&env);
-    let token = service_account(&ns, "reader");
+    let token = reader_in(&ns, "reader");
     let nobody = service_account(&ns, "nobody");
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "role",
-            "reader",
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "-n",
-            &ns,
-            "create",
-            "rolebinding",
-            "reader",
-            "--role=reader",
-            &format!("--serviceaccount={ns}:reader"),
-        ],
-        None,
-    );
-    wait_can_i(&ns, "reader", &["-n", &ns], true);
 
     // 80 audits with ~60 KiB of details each (~4.8 MB together), one with 25 generations.
     let mut big = Vec::new();

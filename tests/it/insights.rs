@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{Http, RAUDIT, assert_problem, run_plugin, runtime, service_account, wait_can_i};
+use crate::api::{
+    Http, assert_problem, reader_everywhere, reader_in, remove_reader_everywhere, run_plugin,
+    runtime, service_account,
+};
 use crate::support::kube::{EnvOptions, TestEnv, kubectl};
 use chrono::{DateTime, Utc};
 use datastorage::audit::{AuditMeta, Prepared, SanitizeConfig, prepare};
@@ -193,34 +196,6 @@ fn local_model_env() -> EnvOptions {
     }
 }
 
-/// A ServiceAccount allowed to list audits in every namespace (ClusterRole + binding named after `ns`).
-fn reader_everywhere(ns: &str, sa: &str) -> String {
-    let token = service_account(ns, sa);
-    let role = format!("{ns}-{sa}");
-    kubectl(
-        &[
-            "create",
-            "clusterrole",
-            &role,
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            &role,
-            &format!("--clusterrole={role}"),
-            &format!("--serviceaccount={ns}:{sa}"),
-        ],
-        None,
-    );
-    wait_can_i(ns, sa, &["-A"], true);
-    token
-}
-
 /// Acceptance 1 of the insight issue: on a seeded history of 32 incident families (each with an action that
 /// mostly works, 85 %, and two that mostly fail, 20 %, over 6 namespaces and 5 clusters; actions shared between
 /// families), the top-ranked action for each held-out query phrasing is the family's effective action for at
@@ -356,32 +331,7 @@ async fn insights_count_only_what_the_caller_may_read_and_name_bad_input() {
     let ids = store_all(&rt, &audits).await;
     let (ids_a, ids_b) = ids.split_at(18);
 
-    let reader_a = service_account(&ns_a, "reader-a");
-    kubectl(
-        &[
-            "-n",
-            &ns_a,
-            "create",
-            "role",
-            "raudit-reader",
-            "--verb=list",
-            &format!("--resource={RAUDIT}"),
-        ],
-        None,
-    );
-    kubectl(
-        &[
-            "-n",
-            &ns_a,
-            "create",
-            "rolebinding",
-            "reader-a",
-            "--role=raudit-reader",
-            &format!("--serviceaccount={ns_a}:reader-a"),
-        ],
-        None,
-    );
-    wait_can_i(&ns_a, "reader-a", &["-n", &ns_a], true);
+    let reader_a = reader_in(&ns_a, "reader-a");
     let reader_all = reader_everywhere(&ns_a, "reader-all");
     let nobody = service_account(&ns_a, "nobody");
     let api = Http::new(&env);
@@ -606,4 +556,5 @@ async fn insights_count_only_what_the_caller_may_read_and_name_bad_input() {
         !out.status.success() && err.contains("--alert-name"),
         "{err}"
     );
+    remove_reader_everywhere(&ns_a, "reader-all");
 }

@@ -15,6 +15,16 @@ fn leader_of(replicas: &[&Running]) -> Vec<usize> {
         .collect()
 }
 
+/// Replica `id`'s election on the environment's Lease (4 s, so handovers are quick).
+fn election(env: &TestEnv, id: &str) -> LeaderElection {
+    LeaderElection {
+        namespace: env.ns.clone(),
+        lease_name: "datastorage-leader".into(),
+        identity: id.into(),
+        duration_seconds: 4,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_writes_and_a_dead_leader_is_replaced() {
     let env = TestEnv::with(
@@ -25,12 +35,7 @@ async fn only_the_lease_holder_writes_and_a_dead_leader_is_replaced() {
         },
     )
     .await;
-    let election = |id: &str| LeaderElection {
-        namespace: env.ns.clone(),
-        lease_name: "datastorage-leader".into(),
-        identity: id.into(),
-        duration_seconds: 4,
-    };
+    let election = |id: &str| election(&env, id);
     let a = env.start_replica(Some(election("replica-a"))).await;
     let b = env.start_replica(Some(election("replica-b"))).await;
     let first = eventually(Duration::from_secs(30), "one leader", || async {
@@ -125,12 +130,7 @@ async fn a_follower_that_sees_the_store_differently_never_writes_the_status() {
         },
     )
     .await;
-    let election = |id: &str| LeaderElection {
-        namespace: env.ns.clone(),
-        lease_name: "datastorage-leader".into(),
-        identity: id.into(),
-        duration_seconds: 4,
-    };
+    let election = |id: &str| election(&env, id);
     let with_model = env.start_replica(Some(election("with-model"))).await;
     eventually(
         Duration::from_secs(60),
