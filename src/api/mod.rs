@@ -516,6 +516,10 @@ async fn get_one(
         .await;
         let mut problems = v.problems();
         problems.extend(anchors.problems.iter().cloned());
+        let history_purged = page.history.purged.map(|p| types::HistoryPurged {
+            through_generation: p.through_generation,
+            purged_at: p.purged_at,
+        });
         let history = page
             .history
             .entries
@@ -538,6 +542,7 @@ async fn get_one(
             row_mismatches: v.row_mismatches,
             anchors,
             problems,
+            history_purged,
         })
     })
     .await

@@ -104,6 +104,19 @@ pub struct GetResponse {
     /// What failed, one line each (empty when verified).
     #[serde(default)]
     pub problems: Vec<String>,
+    /// The generations before the first one shown were dropped by retention (which recorded where the chain
+    /// went on): the chain is verified from the first generation stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_purged: Option<HistoryPurged>,
+}
+
+/// What retention dropped of an audit's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPurged {
+    /// The last generation dropped.
+    pub through_generation: i64,
+    pub purged_at: DateTime<Utc>,
 }
 
 /// One search result.

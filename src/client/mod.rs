@@ -31,8 +31,8 @@ use serde::de::DeserializeOwned;
 use crate::api::auth::FORWARDED_TOKEN_HEADER;
 use crate::api::problem::Problem;
 use crate::api::types::{
-    ChainCheck, FilterFields, GetResponse, InsightRequest, InsightResponse, ListResponse,
-    SearchRequest, SearchResponse,
+    ChainCheck, FilterFields, GetResponse, HistoryPurged, InsightRequest, InsightResponse,
+    ListResponse, SearchRequest, SearchResponse,
 };
 use crate::checkpoint::Anchors;
 use output::escape;
@@ -560,6 +560,7 @@ impl ApiClient {
                 .collect(),
             namespace: first.audit.namespace.clone(),
             name: first.audit.name.clone(),
+            history_purged: first.history_purged.clone(),
         };
         let mut next = first.history_next_cursor;
         // Each page holds at least one generation, so the walk ends; the bound only guards against a server
@@ -621,6 +622,9 @@ pub struct VerifyReport {
     /// (generation, content hash, chain hash) per generation, for the table.
     #[serde(skip)]
     pub hashes: Vec<(i64, String, String)>,
+    /// The generations retention dropped before the first one stored (the chain is verified from there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_purged: Option<HistoryPurged>,
 }
 
 impl VerifyReport {
@@ -637,6 +641,7 @@ impl VerifyReport {
             namespace: String::new(),
             name: String::new(),
             hashes: vec![],
+            history_purged: None,
         }
     }
 }

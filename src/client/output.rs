@@ -400,6 +400,7 @@ pub fn get_text(d: &GetResponse, now: DateTime<Utc>) -> String {
             .iter()
             .map(|h| (h.generation, h.content_hash.clone(), h.chain_hash.clone()))
             .collect(),
+        history_purged: d.history_purged.clone(),
     };
     out.push_str(&verify_text(&report));
     if d.history_next_cursor.is_some() {
@@ -435,6 +436,14 @@ pub fn verify_text(r: &VerifyReport) -> String {
         },
         if n == 1 { "" } else { "s" }
     );
+    if let (Some(p), Some(first)) = (&r.history_purged, r.chain_checks.first()) {
+        out.push_str(&format!(
+            "verified from generation {}; generations up to {} purged by retention on {}\n",
+            first.generation,
+            p.through_generation,
+            p.purged_at.format("%Y-%m-%d")
+        ));
+    }
     let rows: Vec<Vec<String>> = r
         .chain_checks
         .iter()
@@ -525,6 +534,7 @@ mod tests {
             namespace: "a".into(),
             name: "x".into(),
             hashes: vec![],
+            history_purged: None,
         };
         let text = verify_text(&r);
         assert!(
@@ -595,6 +605,7 @@ mod tests {
             row_mismatches: vec![HOSTILE.into()],
             anchors: Default::default(),
             problems: vec![HOSTILE.into()],
+            history_purged: None,
         };
         let text = get_text(&get, now);
         assert_inert(&text);

@@ -149,6 +149,17 @@ pub struct HistoryPage {
     /// The audit's latest history entry (the chain's head), whichever page this is: the current row is checked
     /// against it on every page.
     pub head: Option<crate::audit::record::HistoryEntry>,
+    /// On the first page: the generations before the first one stored were dropped by retention, which recorded
+    /// the chain hash the first stored one follows (`prev_chain_hash` is then that hash, not "").
+    pub purged: Option<Purged>,
+}
+
+/// What retention dropped of one audit's history (migration 0005, `retention_purged`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// The last generation dropped.
+    pub through_generation: i64,
+    pub purged_at: DateTime<Utc>,
 }
 
 /// One page of a listing.
@@ -500,6 +511,31 @@ async fn history_page_in(
             .await?,
             None => None,
         };
+    // No stored generation before the first one, yet it follows another: retention dropped the earlier ones if it
+    // recorded exactly that chain end; otherwise the gap stays and verification fails on it.
+    let purged = match (&prev_chain_hash, entries.first()) {
+        (None, Some(first)) if !first.prev_chain_hash.is_empty() => {
+            sqlx::query_as::<_, (i64, DateTime<Utc>)>(
+                "SELECT through_generation, purged_at FROM retention_purged
+             WHERE audit_id = $1 AND chain_hash = $2 AND through_generation < $3
+             ORDER BY through_generation DESC LIMIT 1",
+            )
+            .bind(audit_id)
+            .bind(&first.prev_chain_hash)
+            .bind(first.generation)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|(through_generation, purged_at)| Purged {
+                through_generation,
+                purged_at,
+            })
+        }
+        _ => None,
+    };
+    let prev_chain_hash = match (&purged, entries.first()) {
+        (Some(_), Some(first)) => Some(first.prev_chain_hash.clone()),
+        _ => prev_chain_hash,
+    };
     let head = match (more, entries.last()) {
         // The page ends the history: its last entry is the head.
         (false, Some(last)) => Some(last.clone()),
@@ -522,6 +558,7 @@ async fn history_page_in(
         entries,
         prev_chain_hash: prev_chain_hash.unwrap_or_default(),
         head,
+        purged,
     })
 }
 

@@ -584,3 +584,88 @@ async fn a_rejected_duplicate_is_stored_once_the_holder_goes() {
     env.wait_state("second", "Persisted", Duration::from_secs(120))
         .await;
 }
+
+/// Retention is not tampering (issue 22, "retention vs verification"): retention drops whole monthly partitions, so
+/// an audit's early generations can go while later ones stay. Verification starts the chain at the chain end
+/// retention recorded (migration 0005) and says so; a gap nobody recorded still fails. Failed before this change:
+/// `kubectl audit verify` of the purged audit exited 1 ("prev_chain_hash does not match"), like a tampered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_tells_retention_from_tampering() {
+    let env = TestEnv::new("retention").await;
+    let ns = env.ns.clone();
+    let store = env.store().await;
+    let mut ids = Vec::new();
+    for (name, generations) in [("purged", 3), ("gap", 2)] {
+        let u = uid();
+        let mut id = 0;
+        for g in 1..=generations {
+            let mut s = spec(&format!("rr-{name}-{ns}"), "prod-eu-1");
+            s.error_message = Some(format!("generation {g} of {name}"));
+            id = stored(&store, &prepared(&u, &ns, name, g, &s)).await;
+        }
+        ids.push(id);
+    }
+    let (purged, gap) = (ids[0], ids[1]);
+    // The purged audit's first two generations were recorded in January 2019; retention (365 days) drops them.
+    as_owner(
+        &store,
+        &[
+            "CREATE TABLE audit_history_2019_01 PARTITION OF audit_history \
+             FOR VALUES FROM ('2019-01-01') TO ('2019-02-01')",
+            &format!(
+                "UPDATE audit_history SET recorded_at = '2019-01-15T00:00:00Z' \
+                 WHERE audit_id = {purged} AND generation < 3"
+            ),
+            // The other audit loses its first generation by hand: nothing explains the gap.
+            &format!("DELETE FROM audit_history WHERE audit_id = {gap} AND generation = 1"),
+        ],
+    )
+    .await;
+    // (The operator's own retention run, 2555 days by default, may drop it first: either way it goes.)
+    store.apply_retention(365, &[]).await.unwrap();
+    let runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM retention_runs WHERE partition = 'audit_history_2019_01'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(runs, 1, "retention dropped the January 2019 partition once");
+
+    let (token, binding) = env.cluster_admin_token("retention-auditor");
+    let server = env.api_url();
+    let verify = |id: i64| {
+        let id = id.to_string();
+        run_plugin(&[
+            "audit", "verify", &id, "-n", &ns, "--server", &server, "--token", &token,
+        ])
+    };
+    let (code, out) = eventually(WAIT, "RBAC for the auditor", || async {
+        let r = verify(purged);
+        (r.0 != Some(2)).then_some(r)
+    })
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("verified from generation 3; generations up to 2 purged by retention on"),
+        "{out}"
+    );
+    let (code, out) = verify(gap);
+    assert_eq!(
+        code,
+        Some(1),
+        "a gap no retention explains must not verify: {out}"
+    );
+    // The API says the same, in JSON.
+    let detail: serde_json::Value = reqwest::Client::new()
+        .get(format!("{server}/api/v1/audits/{purged}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["chainVerified"], true, "{detail}");
+    assert_eq!(detail["historyPurged"]["throughGeneration"], 2, "{detail}");
+    let _ = crate::support::kube::kubectl_raw(&["delete", "clusterrolebinding", &binding], None);
+}
