@@ -33,7 +33,7 @@ pub use local::{
 };
 pub use metrics::EmbedMetrics;
 pub use onnx::{ONNXRUNTIME_LIBRARY, runtime_library};
-pub use openai::{OpenAiEmbedder, OpenAiOptions};
+pub use openai::{MAX_IN_FLIGHT as OPENAI_MAX_IN_FLIGHT, OpenAiEmbedder, OpenAiOptions};
 
 /// Errors from any embedding provider.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -60,7 +60,16 @@ pub struct OpenAiEmbedder {
     model_id: String,
     /// Cleared once the server has rejected the `dimensions` field.
     send_dimensions: AtomicBool,
+    /// [`MAX_IN_FLIGHT`] permits: one per HTTP request in progress.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// HTTP requests one embedder has in progress at once (each holds a connection until the service answers or the
+/// timeout passes); more callers wait for a permit, within their own time budget (a write's budget then commits
+/// the row alone, `embedding: Pending`). Without it a service that accepts and never answers held one connection
+/// per reconcile in flight: 42 at once for 40 audits applied together
+/// (`embeddings::a_provider_that_never_answers_costs_timeouts_not_a_pile_up`).
+pub const MAX_IN_FLIGHT: usize = 8;
 
 impl std::fmt::Debug for OpenAiEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +151,7 @@ impl OpenAiEmbedder {
             opts,
             model_id,
             send_dimensions: AtomicBool::new(true),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -157,7 +167,15 @@ impl OpenAiEmbedder {
                     .then_some(self.opts.dimensions),
                 encoding_format: "float",
             };
-            let err = match self.attempt(&body, texts.len()).await {
+            let permit = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| EmbedError::Http("the embedder is shutting down".into()))?;
+            let result = self.attempt(&body, texts.len()).await;
+            // Not held through the backoff below: a waiting caller may use the connection meanwhile.
+            drop(permit);
+            let err = match result {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::DimensionsUnsupported(e)) => {

@@ -485,3 +485,130 @@ async fn unavailable_embedder_rechecks_do_no_validation_work() {
         r1 - r0
     );
 }
+
+/// An "OpenAI-compatible" endpoint that accepts connections, reads the request and never answers. Counts the
+/// connections open now and the most open at once.
+async fn silent_provider() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, most, accepted) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (o, m, a) = (open.clone(), most.clone(), accepted.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                // Read whatever comes and never write; the connection ends when the client gives up.
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("http://{addr}"), open, most, accepted)
+}
+
+/// Issue 22, "embedding provider that accepts and never answers": 40 audits with distinct texts are all Persisted
+/// (rows committed alone, `embedding: Pending`), each provider call gives up at the DataStorage's timeout and closes
+/// its connection, at most `embed::OPENAI_MAX_IN_FLIGHT` are open at once (42 for 40 audits before that limit) while the
+/// backfill keeps retrying, and a text search answers 503 naming the provider within the API's embed budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_answers_costs_timeouts_not_a_pile_up() {
+    let (endpoint, open, most, accepted) = silent_provider().await;
+    let env = TestEnv::with(
+        "silent",
+        EnvOptions {
+            spec_extra: format!(
+                "  embedding:\n    provider: OpenAI\n    endpoint: {endpoint}\n    model: test-embed\n    timeout: 300ms\n"
+            ),
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let n = 40;
+    for i in 0..n {
+        env.kubectl(
+            &["apply", "-f", "-"],
+            Some(&audit_yaml(
+                &format!("s{i}"),
+                &format!("rr-silent-{i}"),
+                &format!("  errorMessage: 'incident {i}: container was OOM killed'\n"),
+            )),
+        );
+    }
+    for i in 0..n {
+        let obj = env
+            .wait_state(&format!("s{i}"), "Persisted", Duration::from_secs(90))
+            .await;
+        assert_eq!(
+            obj["status"]["embedding"], "Pending",
+            "s{i}: {}",
+            obj["status"]
+        );
+    }
+    // The backfill keeps trying for 10 s: calls go on, connections do not accumulate.
+    let before = accepted.load(Ordering::SeqCst);
+    let mut open_samples = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open_samples.push(open.load(Ordering::SeqCst));
+    }
+    let after = accepted.load(Ordering::SeqCst);
+    println!(
+        "silent provider: {after} connections accepted ({} during the 10 s window), open at once: at most {}, sampled {open_samples:?}",
+        after - before,
+        most.load(Ordering::SeqCst)
+    );
+    // The server sees a connection the client dropped at its timeout close a moment later (its FIN), while the
+    // freed permit already opened the next one: hence the slack over the bound.
+    let bound = datastorage::embed::OPENAI_MAX_IN_FLIGHT;
+    assert!(
+        most.load(Ordering::SeqCst) <= 2 * bound,
+        "connections piled up: {} open at once (bound {bound})",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(
+        open_samples.iter().all(|&o| o <= bound + 2),
+        "{open_samples:?}"
+    );
+    assert!(after > before, "the backfill kept calling the provider");
+    let store = env.store().await;
+    let (rows, vectors): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audits), (SELECT count(*) FROM audit_embeddings)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((rows, vectors), (n, 0));
+
+    // A text search needs the provider: 503 naming it, well within the API's budget.
+    let (token, binding) = env.cluster_admin_token("silent-reader");
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/audits/search", env.api_url()))
+        .bearer_auth(&token)
+        .json(&json!({"query": "pod keeps getting OOM killed"}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("embedding provider"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(10), "search took {took:?}");
+    let _ = crate::support::kube::kubectl_raw(&["delete", "clusterrolebinding", &binding], None);
+}
