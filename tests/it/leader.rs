@@ -199,3 +199,63 @@ async fn a_follower_that_sees_the_store_differently_never_writes_the_status() {
     );
     without_model.task.abort();
 }
+
+/// Issue 22, "two writers": leader election off on two replicas, so both write (a misconfiguration the chart
+/// prevents, and what a split brain would look like). `TWO_WRITERS_AUDITS` (default 400) audits, one in ten edited
+/// once, created with 32 requests in flight: every audit and every generation is stored exactly once and every
+/// chain verifies (`verify_exactly_once`, the fault suite's check), both replicas did write, and the DataStorage's
+/// status stays put for 10 s afterwards (no ping-pong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_without_leader_election_store_each_audit_exactly_once() {
+    use crate::support::faults::{
+        StreamProgress, count_from_env, stream_audits, verify_exactly_once, wait_all_persisted,
+    };
+    let env = TestEnv::with(
+        "twowriters",
+        EnvOptions {
+            start_operator: false,
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let a = env.start_replica(None).await;
+    let b = env.start_replica(None).await;
+    let n = count_from_env("TWO_WRITERS_AUDITS", 400);
+    let started = Instant::now();
+    let progress = std::sync::Arc::new(StreamProgress::default());
+    stream_audits(env.client.clone(), env.ns.clone(), 0..n, 32, progress).await;
+    wait_all_persisted(&env.client, &env.ns, n, Duration::from_secs(300)).await;
+    let store = env.store().await;
+    let verified = verify_exactly_once(&env.client, &store, &env.ns, n).await;
+    let writes = |r: &Running| {
+        let m = &r.context.metrics;
+        (
+            m.write_total
+                .with_label_values(&["audits", "success"])
+                .get(),
+            m.write_total
+                .with_label_values(&["audits", "failure"])
+                .get(),
+        )
+    };
+    let (wa, wb) = (writes(&a), writes(&b));
+    println!(
+        "two writers: {n} audits in {:.1}s, {verified:?}; writes (success, failure) a {wa:?}, b {wb:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        wa.0 > 0 && wb.0 > 0,
+        "both replicas wrote: a {wa:?}, b {wb:?}"
+    );
+    // Two writers with the same view do not take turns on the DataStorage's status either.
+    let version = || dstore(&env.ns).map(|d| d["metadata"]["resourceVersion"].clone());
+    let before = version();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        version(),
+        before,
+        "the DataStorage changed while nothing happened"
+    );
+    a.task.abort();
+    b.task.abort();
+}
