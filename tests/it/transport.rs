@@ -11,7 +11,7 @@ use kube::api::{Api, PostParams};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::kube::{EnvOptions, TestEnv, kubeconfig, kubectl};
+use crate::support::kube::{EnvOptions, TestEnv, eventually, kubeconfig, kubectl};
 
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_datastorage"))
@@ -252,10 +252,17 @@ async fn on_shutdown_readiness_flips_first_and_the_requests_in_progress_finish()
     let (token, binding) = env.cluster_admin_token("drain-reader");
     let running = env.operator.take().unwrap();
     let times = datastorage::operator::ShutdownTimes::DEFAULT;
-    let ready = reqwest::get(format!("http://{}/readyz", running.ops_addr))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    // Ready first (the DataStorage's first pass, migrations included, may still be running under load).
+    let readyz = format!("http://{}/readyz", running.ops_addr);
+    eventually(
+        Duration::from_secs(60),
+        "/readyz 200 before the shutdown",
+        || async {
+            let r = reqwest::get(&readyz).await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
 
     // A search whose body is half sent when the shutdown starts.
     let body = format!(
